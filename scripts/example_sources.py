@@ -1,0 +1,40 @@
+"""The example workflows, written as API-format prompts: the source of example_workflows/.
+
+`python3 scripts/make_example_workflows.py` turns each into the frontend's format (what
+ComfyUI's template browser offers) with a real server's /object_info. Model names are
+the tiny test-host models; run_examples.py can swap in a user's own.
+"""
+TINY_UNET = "tiny-sd15-unet.safetensors"
+TINY_CLIP = "tiny-clip-l.safetensors"
+TINY_VAE = "taesd"
+
+
+def _loaders():
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_UNET, "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": TINY_CLIP, "type": "stable_diffusion", "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
+    }
+
+
+def stock_text_to_image():
+    return {
+        **_loaders(),
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a lighthouse on a cliff at dusk, oil painting"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "stock_text_to_image"}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/stock_text_to_image"}},
+    }
+
+
+# file stem -> (builder, note shown in the workflow)
+WORKFLOWS = {
+    "stock_text_to_image": (stock_text_to_image,
+                            "Stock text-to-image on the pack's tiny test models: the pipeline check "
+                            "that every later workflow builds on. Swap the loaders for your own models."),
+}

@@ -1,0 +1,55 @@
+"""The pack inside a real ComfyUI server: it imports cleanly and stock workflows run."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+import example_sources  # noqa: E402
+from workflows import api_to_ui, ui_to_api  # noqa: E402
+
+
+def test_pack_imports_without_failure(server):
+    log = server.log_text()
+    pack_lines = [l for l in log.splitlines() if "custom_nodes/adjoint_guidance" in l]
+    assert pack_lines, f"the pack was not loaded at all:\n{log[-3000:]}"
+    assert not any("IMPORT FAILED" in l for l in pack_lines), "\n".join(pack_lines)
+    assert "Traceback" not in "".join(l for l in log.split("Cannot import") if "adjoint_guidance" in l)
+
+
+def test_web_extension_is_served(server):
+    status, body = server.request("GET", "/extensions")
+    assert status == 200
+    ours = [p for p in body if "adjoint_guidance" in p]
+    assert ours, body
+    status, js = server.request("GET", ours[0])
+    assert status == 200 and b"registerExtension" in js
+
+
+def test_stock_workflow_writes_png(server):
+    ui = json.loads((REPO / "example_workflows" / "stock_text_to_image.json").read_text())
+    entry = server.run(ui_to_api(ui, server.object_info()))
+    assert entry["status"]["status_str"] == "success"
+    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    assert images, entry["outputs"]
+    png = server.view(images[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (server.output_dir / images[0]["subfolder"] / images[0]["filename"]).exists()
+
+
+@pytest.mark.parametrize("stem", sorted(example_sources.WORKFLOWS))
+def test_example_file_matches_its_source(server, stem):
+    """example_workflows/ is generated from scripts/example_sources.py: both say the same."""
+    info = server.object_info()
+    build, _ = example_sources.WORKFLOWS[stem]
+    ui = json.loads((REPO / "example_workflows" / f"{stem}.json").read_text())
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}
+    assert strip(ui_to_api(ui, info)) == strip(build())
+    assert strip(ui_to_api(api_to_ui(build(), info), info)) == strip(build())
+
+
+def test_bad_prompt_is_rejected_and_server_keeps_serving(server):
+    status, body = server.post("/prompt", {"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
+    assert status == 400 and "error" in body
+    assert server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
