@@ -13,6 +13,8 @@ resolves to 29 whatever the float rounding.
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -95,20 +97,14 @@ class Timeline:
         return len(self.starts)
 
     def start_steps(self, num_steps: int) -> tuple[int, ...]:
-        steps = tuple(p.to_step(num_steps) for p in self.starts)
-        for k in range(1, len(steps)):
-            if steps[k] < steps[k - 1]:
-                raise ValueError(
-                    f"keyframe {k + 1} ({self.starts[k].describe()}) comes before keyframe {k} "
-                    f"({self.starts[k - 1].describe()}) at {num_steps} steps")
-        return steps
+        return _resolve_starts(self.starts, num_steps)
 
     def blend_at(self, step: int, num_steps: int) -> Blend:
         if not 0 <= step < num_steps:
             raise ValueError(f"step {step} outside 0..{num_steps - 1}")
         starts = self.start_steps(num_steps)
         # The last keyframe whose start has been reached is the active one.
-        k = max(j for j, s in enumerate(starts) if s <= step)
+        k = bisect.bisect_right(starts, step) - 1
         if self._is_hard(k) or k + 1 >= len(starts):
             return Blend(k, k, 0.0)
         span = starts[k + 1] - starts[k]
@@ -136,3 +132,15 @@ class Timeline:
                 runs.append({"keys": key, "kind": "hold" if b.is_pure else "blend",
                              "start_step": i, "end_step": i + 1, "weights": [b.weight]})
         return runs
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_starts(starts: tuple[Position, ...], num_steps: int) -> tuple[int, ...]:
+    """Start step of every keyframe at num_steps (cached: blend_at runs once per step)."""
+    steps = tuple(p.to_step(num_steps) for p in starts)
+    for k in range(1, len(steps)):
+        if steps[k] < steps[k - 1]:
+            raise ValueError(
+                f"keyframe {k + 1} ({starts[k].describe()}) comes before keyframe {k} "
+                f"({starts[k - 1].describe()}) at {num_steps} steps")
+    return steps
