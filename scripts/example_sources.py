@@ -32,9 +32,37 @@ def stock_text_to_image():
     }
 
 
+def prompt_schedule():
+    """Prompt Schedule with the stock KSampler: dusk held, blended into night step by step."""
+    return {
+        **_loaders(),
+        "4": {"class_type": "AdjointGuidance_PromptSchedule", "inputs": {
+            "clip": ["2", 0], "model": ["1", 0],
+            "text": ("# Dusk for the first 30 % of the steps, then a per-step blend that reaches night at 80 %.\n"
+                     "0: a lighthouse on a cliff at dusk, oil painting\n"
+                     "30%: a lighthouse on a cliff at dusk, oil painting\n"
+                     "80%: a lighthouse on a cliff at night, stars, oil painting"),
+            "interpolation": "linear", "steps": 12, "scheduler": "normal"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "prompt_schedule"}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/prompt_schedule"}},
+    }
+
+
 # file stem -> (builder, note shown in the workflow)
 WORKFLOWS = {
     "stock_text_to_image": (stock_text_to_image,
                             "Stock text-to-image on the pack's tiny test models: the pipeline check "
                             "that every later workflow builds on. Swap the loaders for your own models."),
+    "prompt_schedule": (prompt_schedule,
+                        "Prompt Schedule: the prompt changes with the sampling step. Keyframe lines 'when: prompt' "
+                        "(0-based step 12, 40%, or 0.4), A1111 edits [from:to:when] inside a prompt, and hold / "
+                        "linear / slerp between keyframes. Give the schedule the KSampler's steps and scheduler; "
+                        "with the MODEL connected each keyframe switches exactly at its step in the stock "
+                        "KSampler (without it the switch points are approximate for non-SD1/SDXL models)."),
 }

@@ -37,6 +37,7 @@ def load_comfy_in_process():
     import comfy.cli_args
     comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
     comfy.cli_args.args.disable_auto_launch = True
+    comfy.cli_args.args.use_pytorch_cross_attention = True  # as the server layer runs it
     from utils.extra_config import load_extra_path_config
     load_extra_path_config(str(HOST / "extra_model_paths.yaml"))
     import nodes
@@ -58,7 +59,8 @@ def pack_module():
 
 def pack_submodule(name: str):
     """e.g. pack_submodule('adjoint.timeline') from the ComfyUI-loaded pack."""
-    return sys.modules[f"{pack_module().__name__}.{name}"]
+    import importlib
+    return importlib.import_module(f"{pack_module().__name__}.{name}")
 
 
 def tiny_unet32_patcher():

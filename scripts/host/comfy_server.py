@@ -60,7 +60,9 @@ class ComfyServer:
         for sub in ("input", "temp", "user"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [str(PY), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        # PyTorch's SDPA: ComfyUI's CPU default (sub-quadratic attention) is ~10x slower here.
+        cmd = [str(PY), "main.py", "--cpu", "--use-pytorch-cross-attention", "--preview-method", "auto",
+               "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
                "--output-directory", str(self.output_dir),
                "--input-directory", str(self.workdir / "input"),

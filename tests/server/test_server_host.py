@@ -11,7 +11,8 @@ from workflows import api_to_ui, ui_to_api  # noqa: E402
 
 
 def test_pack_imports_without_failure(server):
-    log = server.log_text()
+    # start-up only: later tests provoke run-time errors (and tracebacks) on purpose
+    log = server.log_text().split("Starting server")[0]
     pack_lines = [l for l in log.splitlines() if "custom_nodes/adjoint_guidance" in l]
     assert pack_lines, f"the pack was not loaded at all:\n{log[-3000:]}"
     assert not any("IMPORT FAILED" in l for l in pack_lines), "\n".join(pack_lines)
