@@ -54,11 +54,45 @@ def prompt_schedule():
     }
 
 
+def adjoint_guided():
+    """Adjoint Sampler: optimise seed 1's noise and both scheduled prompts toward a reference."""
+    return {
+        **_loaders(),
+        "4": {"class_type": "AdjointGuidance_PromptSchedule", "inputs": {
+            "clip": ["2", 0], "model": ["1", 0],
+            "text": "0: a castle on a hill, morning light\n50%: a castle on a hill at night, moonlight",
+            "interpolation": "hold", "steps": 8, "scheduler": "karras"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "seed": 7, "steps": 8, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}},
+        "8": {"class_type": "AdjointGuidance_LossLatentTarget", "inputs": {
+            "target": ["7", 0], "metric": "mse", "weight": 1.0}},
+        "9": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "loss": ["8", 0], "seed": 1, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
+            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise + prompt", "iterations": 12,
+            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
+            "denoise": 1.0}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["3", 0]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "adjoint_guided"}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["9", 3], "filename_prefix": "adjoint_guided_loss_curve"}},
+        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "latents/adjoint_guided"}},
+        "14": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 1], "filename_prefix": "latents/adjoint_guided_noise"}},
+    }
+
+
 # file stem -> (builder, note shown in the workflow)
 WORKFLOWS = {
     "stock_text_to_image": (stock_text_to_image,
                             "Stock text-to-image on the pack's tiny test models: the pipeline check "
                             "that every later workflow builds on. Swap the loaders for your own models."),
+    "adjoint_guided": (adjoint_guided,
+                       "Adjoint Sampler: start from seed 1 and optimise its initial noise and both keyframes "
+                       "of the Prompt Schedule so the result lands on the reference (here seed 7's sample; use "
+                       "VAE Encode of your own image instead). Exact adjoint gradients, one network step's "
+                       "activations at a time. Saves the image, the optimised noise and the loss curve."),
     "prompt_schedule": (prompt_schedule,
                         "Prompt Schedule: the prompt changes with the sampling step. Keyframe lines 'when: prompt' "
                         "(0-based step 12, 40%, or 0.4), A1111 edits [from:to:when] inside a prompt, and hold / "

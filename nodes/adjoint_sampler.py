@@ -1,0 +1,291 @@
+"""Adjoint Sampler and its companions: the nodes that optimise noise and prompts.
+
+- Adjoint Sampler: samples with our solvers, scores the result with a GUIDANCE_LOSS,
+  gets exact (or AdjointDEIS) gradients, updates noise and/or prompt embeddings with
+  Adam, repeats; outputs the best sample, its noise, its prompt and the loss history.
+- Adjoint Solver (SAMPLER): our solvers with exact per-step schedules, no optimisation,
+  for SamplerCustomAdvanced.
+- Noise From Latent (NOISE): replays an optimised noise in SamplerCustomAdvanced.
+The work happens in adjoint_sampling.py (ComfyUI Samplers) and adjoint/ (the core).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from ..adjoint.solvers import SOLVERS
+from .adjoint_sampling import (AdjointOptimizingSampler, OptimizeSettings, ScheduledSolverSampler,
+                               SolverSettings)
+from .loss_plot import render_loss_plot
+from . import schedule_conditioning as sc
+from .schedule_conditioning import find_schedule
+
+GuidanceLoss = io.Custom("GUIDANCE_LOSS")
+CATEGORY = "Adjoint Guidance"
+SOLVER_CHOICES = ["dpmpp_2m", "dpmpp_1", "sde_dpmpp_1"]
+METHOD_CHOICES = ["exact", "adjointdeis-1", "adjointdeis-2m", "adjointdeis-sde"]
+OPTIMIZE_CHOICES = ["noise", "prompt", "noise + prompt"]
+STOP_TEXT = {"iterations": "ran all iterations", "early_stop": "stopped early (no improvement)",
+             "non_finite_loss": "stopped: the loss became NaN/inf; kept the best iterate",
+             "non_finite_gradient": "stopped: the gradient became NaN/inf; kept the best iterate"}
+
+
+def sampling_sigmas(model, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
+    """ComfyUI KSampler's σ grid, denoise included (the last `steps` of a longer schedule)."""
+    ms = model.get_model_object("model_sampling")
+    if denoise >= 0.9999:
+        return comfy.samplers.calculate_sigmas(ms, scheduler, steps).cpu()
+    total = int(steps / denoise)
+    return comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()[-(steps + 1):]
+
+
+def prepared_latent(node: str, model, latent: dict) -> torch.Tensor:
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise ValueError(f"{node}: latent_image: the latent has {samples.shape[1]} channels "
+                         f"(shape {tuple(samples.shape)}) but the model expects {channels}; use a "
+                         "latent made for this model (its own Empty Latent or VAE Encode)")
+    return samples
+
+
+def check_conditioning(node: str, name: str, model, conditioning) -> None:
+    """Conditioning from another model family fails deep inside the UNet; say so up front."""
+    context = getattr(model.model.diffusion_model, "context_dim", None) \
+        or model.model.model_config.unet_config.get("context_dim")
+    if not conditioning:
+        raise ValueError(f"{node}: {name}: the conditioning is empty")
+    for entry in conditioning:
+        t = entry[0]
+        if context and t.shape[-1] != context:
+            raise ValueError(f"{node}: {name}: the text embedding has width {t.shape[-1]} but the "
+                             f"model expects {context}; was it encoded with this model's CLIP?")
+
+
+class AdjointSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_AdjointSampler",
+            display_name="Adjoint Sampler",
+            category=CATEGORY,
+            description="Samples, scores the result with a guidance loss, and optimises the initial "
+                        "noise and/or the (scheduled) prompt embeddings with exact adjoint gradients.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive", tooltip="A Prompt Schedule or any conditioning."),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                GuidanceLoss.Input("loss", tooltip="What to minimise: a Guidance Loss node."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Initial noise (as KSampler draws it) and the SDE noises."),
+                io.Int.Input("steps", default=20, min=1, max=1000),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras"),
+                io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m",
+                               tooltip="dpmpp_2m: DPM-Solver++(2M); dpmpp_1: first order (= DDIM); "
+                                       "sde_dpmpp_1: SDE-DPM-Solver++(1) with fixed seeded noises."),
+                io.Combo.Input("gradient", options=METHOD_CHOICES, default="exact",
+                               tooltip="exact: the exact gradient of the sample produced (recommended). "
+                                       "adjointdeis-*: the continuous adjoint (AdjointDEIS) solvers; "
+                                       "adjointdeis-sde goes with the SDE solver."),
+                io.Int.Input("adjoint_steps", default=0, min=0, max=1000,
+                             tooltip="Backward steps of the AdjointDEIS methods; 0 = same as steps."),
+                io.Combo.Input("optimize", options=OPTIMIZE_CHOICES, default="noise"),
+                io.Int.Input("iterations", default=20, min=1, max=1000),
+                io.Float.Input("learning_rate", default=0.05, min=1e-6, max=10.0, step=0.001, round=1e-6,
+                               tooltip="Adam step size (on the unit-variance noise and the embeddings)."),
+                io.Boolean.Input("renormalize_noise", default=True,
+                                 tooltip="Keep each sample's noise at its initial norm (the Gaussian "
+                                         "shell), so it stays noise-like."),
+                io.Float.Input("max_grad_norm", default=0.0, min=0.0, max=1e6, step=0.01,
+                               tooltip="Clip the gradient to this norm; 0 = no clipping."),
+                io.Int.Input("early_stop_patience", default=0, min=0, max=1000,
+                             tooltip="Stop after this many iterations without improvement; 0 = never."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
+            ],
+            outputs=[
+                io.Latent.Output("LATENT", display_name="latent"),
+                io.Latent.Output("NOISE_LATENT", display_name="optimized_noise"),
+                io.Conditioning.Output("CONDITIONING", display_name="optimized_positive"),
+                io.Image.Output("LOSS_PLOT", display_name="loss_plot"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, loss, seed, steps, cfg, scheduler,
+                solver, gradient, adjoint_steps, optimize, iterations, learning_rate,
+                renormalize_noise, max_grad_norm, early_stop_patience, denoise) -> io.NodeOutput:
+        node = "Adjoint Sampler"
+        samples = prepared_latent(node, model, latent_image)
+        check_conditioning(node, "positive", model, positive)
+        check_conditioning(node, "negative", model, negative)
+        carrier = find_schedule(positive)
+        if carrier is not None:
+            carrier.check_steps(steps, who=node)
+        sde = solver == "sde_dpmpp_1"
+        if gradient != "exact" and (gradient == "adjointdeis-sde") != sde:
+            raise ValueError(f"{node}: gradient: {gradient!r} does not go with solver {solver!r}; use "
+                             + ("'exact' or 'adjointdeis-sde'" if solver == "sde_dpmpp_1"
+                                else "'exact', 'adjointdeis-1' or 'adjointdeis-2m'"))
+        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+        sigmas = sampling_sigmas(model, scheduler, steps, denoise)
+
+        # The bar runs over (samples ×) iterations × steps; each sample is optimised in turn.
+        total = samples.shape[0] * iterations * steps
+        pbar = comfy.utils.ProgressBar(total)
+        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        progress = {"sample": 0, "iteration": 0}   # iterations done of the current sample
+
+        def done_before():
+            if sampler.current_sample != progress["sample"]:   # the next sample has started
+                progress.update(sample=sampler.current_sample, iteration=0)
+            return (progress["sample"] * iterations + progress["iteration"]) * steps
+
+        def on_step(phase, done, of):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            # the forward and the backward pass each fill half of an iteration's share
+            within = (done if phase == "forward" else of + done) * steps / (2 * of)
+            pbar.update_absolute(min(int(done_before() + within), total), total)
+
+        def on_iteration(info):
+            done_before()
+            progress["iteration"] = info.iteration + 1
+            preview = None
+            if previewer is not None:
+                preview = previewer.decode_latent_to_preview_image("JPEG", info.x0)
+            pbar.update_absolute(min(done_before(), total), total, preview)
+
+        settings = OptimizeSettings(
+            solver=solver, method=gradient, adjoint_steps=adjoint_steps or None,
+            optimize_noise=optimize in ("noise", "noise + prompt"),
+            optimize_prompt=optimize in ("prompt", "noise + prompt"),
+            iterations=iterations, lr=learning_rate, renormalize_noise=renormalize_noise,
+            max_grad_norm=max_grad_norm or None, early_stop_patience=early_stop_patience or None,
+            seed=seed, batch_index=latent_image.get("batch_index"),
+            iteration_callback=on_iteration, step_callback=on_step)
+        sampler = AdjointOptimizingSampler(loss, settings)
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        try:
+            out_samples = guider.sample(noise, samples, sampler, sigmas, denoise_mask=latent_image.get("noise_mask"),
+                                        callback=None, disable_pbar=True, seed=seed)
+        except ValueError as e:   # the core's and the sampler's messages name the input, add the node
+            raise ValueError(str(e) if str(e).startswith(node) else f"{node}: {e}") from e
+        result = sampler.outcome.result
+        status = STOP_TEXT.get(result.stop_reason, result.stop_reason)
+        if result.stop_reason.startswith("non_finite"):
+            logging.warning("%s: %s (best iteration %d)", node, status, result.best_iteration)
+
+        out_latent = {**latent_image, "samples": out_samples.cpu()}
+        noise_latent = {"samples": result.noise.detach().cpu().to(samples.dtype)}
+        optimized_positive = optimized_conditioning(positive, result, sampler.outcome.scheduled)
+        plot = render_loss_plot(result.losses, result.best_iteration,
+                                f"{gradient} / {solver}: best {result.loss:.4g} at {result.best_iteration} ({status})")
+        ui = {"adjoint_guidance_loss": [{
+            "losses": [v if math.isfinite(v) else None for v in result.losses],
+            "grad_norms": [v if math.isfinite(v) else None for v in result.grad_norms],
+            "best_iteration": result.best_iteration, "best_loss": result.loss,
+            "stop_reason": result.stop_reason, "status": status,
+            "network_calls": {"forwards": result.counts.forwards,
+                              "forwards_with_grad": result.counts.forwards_with_grad,
+                              "vjps": result.counts.vjps},
+        }]}
+        return io.NodeOutput(out_latent, noise_latent, optimized_positive, plot, ui=ui)
+
+
+def rebuild_with_keyframes(positive, keyframes: list[dict]):
+    """The schedule's stock entries again, with new keyframe tensors and the same windows.
+
+    The windows (and their exact start/end percents) are those of the original schedule:
+    a prompt repeated to hold it before a blend was one window there, and stays one,
+    conditioned by the first of its (now separately optimised) keyframes.
+    """
+    carrier, others = sc.split_schedule(positive)
+    original = carrier.keyframes
+    windows = sc.step_windows(carrier.timeline, carrier.steps,
+                              same=lambda a, b: sc.same_conditioning(original[a], original[b]))
+    new = dataclasses.replace(carrier, keyframes=keyframes)
+    return sc.build_entries(new, windows) + list(others)
+
+
+def optimized_conditioning(positive, result, scheduled: bool):
+    """The positive CONDITIONING with the optimised embeddings, usable by stock samplers."""
+    if scheduled:
+        return rebuild_with_keyframes(positive, [
+            {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in kf.items()}
+            for kf in result.keyframes])
+    leaves = result.keyframes[0]
+    out = []
+    for i, (tensor, options) in enumerate(positive):
+        options = dict(options)
+        if f"{i}:pooled_output" in leaves:
+            options["pooled_output"] = leaves[f"{i}:pooled_output"].detach().cpu()
+        out.append([leaves.get(f"{i}:cross_attn", tensor).detach().cpu(), options])
+    return out
+
+
+class AdjointSolverSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_SolverSampler",
+            display_name="Adjoint Solver (Sampler)",
+            category=CATEGORY,
+            description="Our DPM-Solver++ solvers as a SAMPLER for SamplerCustomAdvanced, with Prompt "
+                        "Schedules evaluated exactly per step (blends included). No optimisation.",
+            inputs=[io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m")],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, solver) -> io.NodeOutput:
+        return io.NodeOutput(ScheduledSolverSampler(SolverSettings(solver=solver)))
+
+
+class LatentNoise:
+    """A NOISE for SamplerCustomAdvanced that returns a stored noise tensor."""
+
+    def __init__(self, samples: torch.Tensor, seed: int):
+        self.samples, self.seed = samples, seed
+
+    def generate_noise(self, input_latent):
+        shape = tuple(input_latent["samples"].shape)
+        if tuple(self.samples.shape) != shape:
+            raise ValueError(f"Noise From Latent: noise: the stored noise has shape {tuple(self.samples.shape)} "
+                             f"but the latent to sample has {shape}")
+        return self.samples.clone()
+
+
+class NoiseFromLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_NoiseFromLatent",
+            display_name="Noise From Latent",
+            category=CATEGORY,
+            description="Use a stored noise (e.g. the Adjoint Sampler's optimized_noise) as the NOISE "
+                        "of SamplerCustomAdvanced.",
+            inputs=[io.Latent.Input("noise", tooltip="A LATENT holding unit-variance noise."),
+                    io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                                 tooltip="Only used by SDE samplers for their own noise.")],
+            outputs=[io.Noise.Output()],
+        )
+
+    @classmethod
+    def execute(cls, noise, seed) -> io.NodeOutput:
+        return io.NodeOutput(LatentNoise(noise["samples"], seed))
+
+
+NODES = [AdjointSampler, AdjointSolverSampler, NoiseFromLatent]

@@ -1,0 +1,217 @@
+"""ComfyUI `Sampler`s that run the core's solvers (and optimisation) through the guider.
+
+ComfyUI's own sampling pipeline (guider.sample: model loading, LoRA/patches, CFG,
+wrappers, cleanup) calls `Sampler.sample(model_wrap, sigmas, ...)`. Both samplers here
+plug into it, so everything a stock sampler gets, ours gets too:
+
+- `ScheduledSolverSampler`: our DPM-Solver++ steps with the Prompt Schedule evaluated
+  exactly per step; no gradients (the plain SAMPLER for SamplerCustomAdvanced).
+- `AdjointOptimizingSampler`: the Adjoint Sampler's loop: sample, loss, adjoint
+  gradient, Adam update, repeat; returns the best iterate's sample.
+
+Grad mode is switched on only inside `sample`, with the model's inference weights
+aliased by `trainable_view` (see inference_tensors.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+
+from ..adjoint import ScheduledConditioning, optimize, sample
+from .guider_denoiser import GuiderDenoiser, entry_leaves
+from .inference_tensors import to_normal, trainable_view
+
+SCHEDULE_KEY = "adjoint_guidance_schedule"
+
+
+def model_alpha(model_sampling):
+    """α(σ) of the model family: 1 − σ for flow (CONST) models, 1 otherwise."""
+    return "flow" if isinstance(model_sampling, comfy.model_sampling.CONST) else None
+
+
+def is_max_denoise(model_sampling, sigmas) -> bool:
+    """ComfyUI's KSAMPLER rule: a start at σ_max scales the noise for full denoise."""
+    max_sigma, sigma = float(model_sampling.sigma_max), float(sigmas[0])
+    return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
+
+
+def initial_state_map(model_sampling, sigmas, latent_image):
+    """x_init = scale·ε + offset, exactly as KSAMPLER's noise_scaling does it."""
+    max_denoise = is_max_denoise(model_sampling, sigmas)
+    zeros = torch.zeros_like(latent_image)
+    offset = model_sampling.noise_scaling(sigmas[0], zeros, latent_image, max_denoise)
+    unit = model_sampling.noise_scaling(sigmas[0], torch.ones_like(latent_image[:1, :1, :1, :1]),
+                                        zeros[:1, :1, :1, :1], max_denoise)
+    return float(unit.flatten()[0]), offset
+
+
+def check_coverage(positive: list[dict], sigmas: torch.Tensor) -> None:
+    """Every step's σ must be covered by some positive entry: ComfyUI silently predicts 0
+    where none is (a gap between ConditioningSetTimestepRange entries)."""
+    for i, sigma in enumerate(sigmas[:-1].tolist()):
+        if not any(e.get("timestep_end", 0.0) <= sigma <= e.get("timestep_start", math.inf) for e in positive):
+            raise ValueError(f"positive: no conditioning entry covers step {i} (sigma {sigma:.4g}); ComfyUI "
+                             "would silently predict nothing there. Make the timestep ranges cover 0-100 % "
+                             "or use a Prompt Schedule")
+
+
+def positive_conditioning(guider, num_steps: int) -> tuple[ScheduledConditioning, bool]:
+    """The conditioning the core differentiates: our schedule if present, else the entries."""
+    positive = guider.conds["positive"]
+    for entry in positive:
+        carrier = entry.get(SCHEDULE_KEY)
+        if carrier is not None:
+            carrier.check_steps(num_steps)
+            keyframes = [{k: to_normal(v) if isinstance(v, torch.Tensor) else v for k, v in kf.items()}
+                         for kf in carrier.keyframes]
+            return ScheduledConditioning(keyframes, carrier.timeline), True
+    leaves = {k: to_normal(v) for k, v in entry_leaves(positive).items()}
+    return ScheduledConditioning.constant(leaves), False
+
+
+@dataclass
+class SolverSettings:
+    solver: str = "dpmpp_2m"
+    seed: int = 0
+    step_callback: Optional[Callable] = None
+
+
+class ScheduledSolverSampler(comfy.samplers.Sampler):
+    """Our exponential-integrator solver, per-step schedules, no optimisation."""
+
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+               denoise_mask=None, disable_pbar=False):
+        ms = model_wrap.inner_model.model_sampling
+        scale, offset = initial_state_map(ms, sigmas, latent_image)
+        cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
+        if not scheduled:
+            check_coverage(model_wrap.conds["positive"], sigmas)
+        denoiser = GuiderDenoiser(model_wrap, extra_args, noise, latent_image, denoise_mask, scheduled)
+
+        def on_step(phase, done, total):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if callback is not None:   # ComfyUI's preview callback wants the step's x0 estimate
+                callback(done - 1, denoiser.last_output, None, total)
+
+        gen = torch.Generator(device="cpu").manual_seed(int(self.settings.seed))
+        traj = sample(denoiser, (scale * noise + offset).to(noise.device), sigmas, cond,
+                      alpha=model_alpha(ms), solver=self.settings.solver, step_callback=on_step,
+                      generator=gen if "sde" in self.settings.solver else None)
+        return ms.inverse_noise_scaling(sigmas[-1], traj.x0)
+
+
+@dataclass
+class OptimizeSettings:
+    solver: str = "dpmpp_2m"
+    method: str = "exact"
+    adjoint_steps: Optional[int] = None
+    optimize_noise: bool = True
+    optimize_prompt: bool = False
+    iterations: int = 20
+    lr: float = 0.05
+    renormalize_noise: bool = True
+    max_grad_norm: Optional[float] = None
+    early_stop_patience: Optional[int] = None
+    seed: int = 0
+    batch_index: Optional[list] = None      # LATENT["batch_index"]: SDE noise seeds follow it
+    iteration_callback: Optional[Callable] = None
+    step_callback: Optional[Callable] = None
+
+
+def cond_for_sample(cond: ScheduledConditioning, b: int, batch: int) -> ScheduledConditioning:
+    """Sample b's conditioning: batch-sized embeddings are sliced, shared ones kept."""
+    if batch == 1:
+        return cond
+    return cond.with_leaves([l[b:b + 1] if l.shape[0] == batch else l for l in cond.leaves()])
+
+
+class BatchResult:
+    """The per-sample optimisation results, joined along the batch for the node's outputs."""
+
+    def __init__(self, results: list):
+        self.samples = results
+        first = results[0]
+        self.x0 = torch.cat([r.x0 for r in results])
+        self.noise = torch.cat([r.noise for r in results])
+        self.keyframes = [_cat_keyframes([r.keyframes[k] for r in results]) for k in range(len(first.keyframes))]
+        self.best_iteration = first.best_iteration if len(results) == 1 else -1
+        self.loss = sum(r.loss for r in results)
+        self.stop_reason = next((r.stop_reason for r in results if r.stop_reason.startswith("non_finite")),
+                                first.stop_reason)
+        longest = max(len(r.losses) for r in results)
+        # total loss per iteration; a sample that stopped early keeps its last value
+        self.losses = [sum(r.losses[min(i, len(r.losses) - 1)] for r in results) for i in range(longest)]
+        self.grad_norms = [sum(r.grad_norms[min(i, len(r.grad_norms) - 1)] for r in results)
+                           for i in range(longest)]
+        self.counts = sum((r.counts for r in results[1:]), first.counts)
+
+
+def _cat_keyframes(per_sample: list):
+    if isinstance(per_sample[0], torch.Tensor):
+        return torch.cat(per_sample) if len(per_sample) > 1 else per_sample[0]
+    out = dict(per_sample[0])
+    for k, v in per_sample[0].items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and len(per_sample) > 1:
+            out[k] = torch.cat([kf[k] for kf in per_sample])
+    return out
+
+
+@dataclass
+class OptimizeOutcome:
+    result: object = None
+    scheduled: bool = False
+    history: list = field(default_factory=list)
+
+
+class AdjointOptimizingSampler(comfy.samplers.Sampler):
+    """Sample → loss → adjoint gradient → Adam, `iterations` times; returns the best sample."""
+
+    def __init__(self, loss, settings: OptimizeSettings):
+        self.loss = loss
+        self.settings = settings
+        self.outcome = OptimizeOutcome()
+        self.current_sample = 0
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+               denoise_mask=None, disable_pbar=False):
+        s = self.settings
+        model = model_wrap.inner_model
+        ms = model.model_sampling
+        scale, offset = initial_state_map(ms, sigmas, latent_image)
+        cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
+        if not scheduled:
+            check_coverage(model_wrap.conds["positive"], sigmas)
+
+        # The loss sees the user's latent space (what VAE Encode gives, VAE Decode takes).
+        # Each sample is optimised on its own (its own Adam state, clipping, best iterate,
+        # early stop), so a batch gives exactly what running its samples one by one gives.
+        results = []
+        with trainable_view(model):
+            for b in range(noise.shape[0]):
+                one = slice(b, b + 1)
+                denoiser = GuiderDenoiser(model_wrap, extra_args, noise[one], latent_image[one],
+                                          None if denoise_mask is None else denoise_mask[one], scheduled)
+                self.current_sample = b
+                sample_loss = self.loss.select(b, noise.shape[0])
+                results.append(optimize(
+                    denoiser, noise[one], sigmas, cond_for_sample(cond, b, noise.shape[0]),
+                    lambda x0, loss=sample_loss: loss(model.process_latent_out(x0)),
+                    noise_scale=scale, x_offset=offset[one],
+                    alpha=model_alpha(ms), solver=s.solver, method=s.method, adjoint_steps=s.adjoint_steps,
+                    optimize_noise=s.optimize_noise, optimize_keyframes=s.optimize_prompt,
+                    iterations=s.iterations, lr=s.lr, renormalize_noise=s.renormalize_noise,
+                    max_grad_norm=s.max_grad_norm, early_stop_patience=s.early_stop_patience,
+                    seed=s.seed + (s.batch_index[b] if s.batch_index else b),
+                    callback=s.iteration_callback, step_callback=s.step_callback))
+        self.outcome = OptimizeOutcome(result=BatchResult(results), scheduled=scheduled)
+        return ms.inverse_noise_scaling(sigmas[-1], self.outcome.result.x0.to(noise.dtype))
