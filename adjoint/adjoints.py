@@ -281,7 +281,7 @@ class AdjointDEIS2M(_ContinuousAdjoint):
 
     def step(self, ctx, grid, p, q, a_t, jta, kta, previous):
         sig_s, sig_t = grid.sigmas[p], grid.sigmas[q]
-        al_s, al_t = grid.alphas[p], grid.alphas[q]
+        al_t = grid.alphas[q]
         lam_s, lam_t = grid.lambdas[p], grid.lambdas[q]
         h = lam_t - lam_s
         v_t = al_t ** 2 * jta                                  # V_t = α_t²·J_tᵀa_t

@@ -281,7 +281,7 @@ class _PromptParser:
 
     def _bracket(self, i: int) -> tuple[list, int]:
         """`[` at i → ([node] or the literal bracket's nodes, index after `]`)."""
-        s, src = self.s, self.src
+        src = self.src
         if self.depth >= _MAX_DEPTH:
             raise src.error(i, f"at most {_MAX_DEPTH} nested brackets")
         self.depth += 1

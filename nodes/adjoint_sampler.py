@@ -23,7 +23,6 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..adjoint.solvers import SOLVERS
 from .adjoint_sampling import (AdjointOptimizingSampler, OptimizeSettings, ScheduledSolverSampler,
                                SolverSettings)
 from .loss_plot import render_loss_plot

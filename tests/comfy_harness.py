@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "host"))
 
-from comfy_server import COMFY, HOST, PY, ComfyServer, PromptFailed  # noqa: E402,F401
+from comfy_server import COMFY, HOST, PY, ComfyServer, PromptFailed  # noqa: E402,F401  (re-exported)
 
 MODELS = HOST / "models"
 _loaded = None

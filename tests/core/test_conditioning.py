@@ -1,5 +1,4 @@
 """Keyframe schedules evaluated inside the graph: blends, switches, routing of gradients."""
-import math
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """The pack inside a real ComfyUI server: it imports cleanly and stock workflows run."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
