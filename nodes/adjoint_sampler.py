@@ -127,6 +127,10 @@ class AdjointSampler(io.ComfyNode):
                 renormalize_noise, max_grad_norm, early_stop_patience, denoise) -> io.NodeOutput:
         node = "Adjoint Sampler"
         samples = prepared_latent(node, model, latent_image)
+        if latent_image.get("noise_mask") is not None:
+            raise ValueError(f"{node}: latent_image: it carries a noise mask (Set Latent Noise Mask / "
+                             "inpainting), which the Adjoint Sampler does not support yet; use a latent "
+                             "without a mask, and a masked Guidance Loss to focus the optimisation")
         check_conditioning(node, "positive", model, positive)
         check_conditioning(node, "negative", model, negative)
         carrier = find_schedule(positive)
@@ -178,8 +182,8 @@ class AdjointSampler(io.ComfyNode):
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         try:
-            out_samples = guider.sample(noise, samples, sampler, sigmas, denoise_mask=latent_image.get("noise_mask"),
-                                        callback=None, disable_pbar=True, seed=seed)
+            out_samples = guider.sample(noise, samples, sampler, sigmas, callback=None, disable_pbar=True,
+                                        seed=seed)
         except ValueError as e:   # the core's and the sampler's messages name the input, add the node
             raise ValueError(str(e) if str(e).startswith(node) else f"{node}: {e}") from e
         result = sampler.outcome.result

@@ -39,6 +39,12 @@ def test_wrong_latent_channels_names_node_and_input(setup):
         run(setup, latent_image={"samples": torch.ones(1, 16, 8, 8)})
 
 
+def test_inpainting_latents_are_refused_clearly(setup):
+    masked = {"samples": torch.zeros(1, 4, 8, 8), "noise_mask": torch.ones(1, 1, 8, 8)}
+    with pytest.raises(ValueError, match=r"^Adjoint Sampler: latent_image: it carries a noise mask"):
+        run(setup, latent_image=masked)
+
+
 def test_conditioning_of_another_model_family_is_refused(setup):
     sdxl_like = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
     with pytest.raises(ValueError, match=r"^Adjoint Sampler: positive: the text embedding has width 2048"):
