@@ -196,6 +196,7 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
         # Each sample is optimised on its own (its own Adam state, clipping, best iterate,
         # early stop), so a batch gives exactly what running its samples one by one gives.
         results = []
+        self.loss.check_batch(noise.shape[0])   # references/masks fit the batch: refused before any work
         with trainable_view(model):
             for b in range(noise.shape[0]):
                 one = slice(b, b + 1)

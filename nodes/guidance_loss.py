@@ -1,7 +1,10 @@
 """Guidance Loss nodes: each builds a GUIDANCE_LOSS (adjoint.losses) for the Adjoint Sampler.
 
-Nodes only turn ComfyUI types (LATENT, MASK) into the core's loss objects: masks are
-resized to the latent the way ComfyUI resizes noise masks (bilinear), batches checked.
+Nodes only turn ComfyUI types (LATENT, IMAGE, MASK, VAE, CLIP_VISION) into the core's loss
+objects (pixel_losses.py holds the ComfyUI glue): masks are resized to the latent or the
+decoded image the way ComfyUI resizes noise masks (bilinear). Batch sizes against the
+sampled latent are checked by `check_batch` when the sampler runs (the loss cannot know
+the latent's batch before); inputs that contradict each other are refused here.
 """
 from __future__ import annotations
 
@@ -10,10 +13,16 @@ import torch.nn.functional as F
 
 from comfy_api.latest import io
 
-from ..adjoint.losses import METRICS, LatentTarget
+from ..adjoint.losses import (METRICS, ColourTarget, EmbeddingSimilarity, ImageTarget, LatentTarget,
+                              WeightedSum, parse_hex_colour)
+from .pixel_losses import ClipVisionEmbedder, VaeDecoder, check_counts, image_bchw, mask_b1hw
 
 GuidanceLoss = io.Custom("GUIDANCE_LOSS")
 CATEGORY = "Adjoint Guidance/loss"
+MASK_TOOLTIP = ("Only count the pixels inside the mask (one mask, or one per sample; resized to the {what} "
+                "bilinearly, as ComfyUI resizes noise masks). An all-zero mask selects nothing: that "
+                "sample's loss is 0.")
+WEIGHT_TOOLTIP = "Scales this loss (its value and its gradient)."
 
 
 def latent_mask(node: str, mask, size: tuple[int, int], batch: int):
@@ -21,30 +30,29 @@ def latent_mask(node: str, mask, size: tuple[int, int], batch: int):
     if mask is None:
         return None
     m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
-    if m.shape[0] not in (1, batch):
-        raise ValueError(f"{node}: mask: the mask has batch size {m.shape[0]} but the latent has {batch}; "
-                         "use one mask or one per sample")
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
     return m.clamp(0.0, 1.0)
 
 
 class LatentTargetLoss(io.ComfyNode):
+    NAME = "Guidance Loss (Latent Target)"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="AdjointGuidance_LossLatentTarget",
-            display_name="Guidance Loss (Latent Target)",
+            display_name=cls.NAME,
             category=CATEGORY,
             description="Distance between the sampler's result and a target LATENT, per sample: pulls "
                         "the composition toward a reference without decoding anything.",
             inputs=[
-                io.Latent.Input("target", tooltip="The latent to get close to (e.g. VAE Encode of a reference)."),
-                io.Combo.Input("metric", options=list(METRICS), default="mse"),
-                io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.01),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Only compare inside the mask (resized to the latent). An all-zero "
-                                      "mask compares nothing: the loss is 0."),
+                io.Latent.Input("target", tooltip="The latent to get close to (e.g. VAE Encode of a reference): "
+                                                  "one, or one per sample."),
+                io.Combo.Input("metric", options=list(METRICS), default="mse",
+                               tooltip="mse: mean squared difference; l1: mean absolute difference."),
+                io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.01, tooltip=WEIGHT_TOOLTIP),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TOOLTIP.format(what="latent")),
             ],
             outputs=[GuidanceLoss.Output()],
         )
@@ -52,11 +60,195 @@ class LatentTargetLoss(io.ComfyNode):
     @classmethod
     def execute(cls, target, metric, weight, mask=None) -> io.NodeOutput:
         samples = target["samples"]
-        m = latent_mask("Guidance Loss (Latent Target)", mask, tuple(samples.shape[-2:]), samples.shape[0])
+        m = latent_mask(cls.NAME, mask, tuple(samples.shape[-2:]), samples.shape[0])
+        if m is not None:
+            check_counts(cls.NAME, {"target": samples.shape[0], "mask": m.shape[0]})
         with torch.inference_mode(False):
             t = samples.detach().clone()
             m = None if m is None else m.detach().clone()
-        return io.NodeOutput(LatentTarget(t, metric=metric, weight=weight, mask=m))
+        return io.NodeOutput(LatentTarget(t, metric=metric, weight=weight, mask=m, node=cls.NAME))
 
 
-NODES = [LatentTargetLoss]
+class ImageTargetLoss(io.ComfyNode):
+    NAME = "Guidance Loss (Image Target)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_LossImageTarget",
+            display_name=cls.NAME,
+            category=CATEGORY,
+            description="Decodes the result with the VAE (differentiably) and compares it with an IMAGE, "
+                        "per sample: MSE or L1, optionally on blurred images (low frequencies only: layout "
+                        "and colours follow the reference, detail stays free).",
+            inputs=[
+                io.Vae.Input("vae", tooltip="The VAE that decodes the model's latents (the one VAE Decode gets)."),
+                io.Image.Input("image", tooltip="The reference: one image, or one per sample. Another size is "
+                                                "scaled and centre-cropped to the decoded image."),
+                io.Combo.Input("metric", options=list(METRICS), default="mse",
+                               tooltip="mse: mean squared difference; l1: mean absolute difference."),
+                io.Float.Input("blur_sigma", default=0.0, min=0.0, max=256.0, step=0.5,
+                               tooltip="Gaussian blur (sigma in pixels) applied to both images before "
+                                       "comparing: the low-frequency variant, which leaves detail free. "
+                                       "0 = compare the pixels themselves."),
+                io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.01, tooltip=WEIGHT_TOOLTIP),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TOOLTIP.format(what="decoded image")),
+            ],
+            outputs=[GuidanceLoss.Output()],
+        )
+
+    @classmethod
+    def execute(cls, vae, image, metric, blur_sigma, weight, mask=None) -> io.NodeOutput:
+        target, m = image_bchw(image), mask_b1hw(mask)
+        if m is not None:
+            check_counts(cls.NAME, {"image": target.shape[0], "mask": m.shape[0]})
+        decode = VaeDecoder(vae, cls.NAME)
+        return io.NodeOutput(ImageTarget(decode, target, metric=metric, blur_sigma=blur_sigma, weight=weight,
+                                         mask=m, node=cls.NAME))
+
+
+class ColourLoss(io.ComfyNode):
+    NAME = "Guidance Loss (Colour)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_LossColour",
+            display_name=cls.NAME,
+            category=CATEGORY,
+            description="Decodes the result with the VAE (differentiably) and pushes its statistics toward "
+                        "targets: mean colour, brightness, contrast, saturation, each weight·(value − target)²; "
+                        "a weight of 0 leaves that statistic free.",
+            inputs=[
+                io.Vae.Input("vae", tooltip="The VAE that decodes the model's latents (the one VAE Decode gets)."),
+                io.String.Input("colour", default="#808080",
+                                tooltip="Target mean colour as #rrggbb (or #rgb), e.g. #2050c0 for a blue."),
+                io.Float.Input("colour_weight", default=1.0, min=0.0, max=1e4, step=0.01,
+                               tooltip="Weight of the mean colour term (squared error averaged over R, G, B); "
+                                       "0 = off."),
+                io.Float.Input("brightness", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Target mean luma (0 black … 1 white; BT.601 weights)."),
+                io.Float.Input("brightness_weight", default=0.0, min=0.0, max=1e4, step=0.01,
+                               tooltip="Weight of the brightness term; 0 = off."),
+                io.Float.Input("contrast", default=0.25, min=0.0, max=1.0, step=0.01,
+                               tooltip="Target RMS contrast: the standard deviation of luma (0 flat … 0.5 "
+                                       "half black, half white)."),
+                io.Float.Input("contrast_weight", default=0.0, min=0.0, max=1e4, step=0.01,
+                               tooltip="Weight of the contrast term; 0 = off."),
+                io.Float.Input("saturation", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Target mean chroma, max(R,G,B) − min(R,G,B) (0 grey … 1 pure "
+                                       "primaries)."),
+                io.Float.Input("saturation_weight", default=0.0, min=0.0, max=1e4, step=0.01,
+                               tooltip="Weight of the saturation term; 0 = off."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip=MASK_TOOLTIP.format(what="decoded image") +
+                              " The statistics are those of the masked pixels."),
+            ],
+            outputs=[GuidanceLoss.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, colour=None):
+        # only `colour` in the signature: ComfyUI then still checks the other inputs' ranges
+        if colour is None:      # a linked string: checked when the node runs
+            return True
+        try:
+            parse_hex_colour(colour)
+        except ValueError as e:
+            return f"{cls.NAME}: colour: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, vae, colour, colour_weight, brightness, brightness_weight, contrast, contrast_weight,
+                saturation, saturation_weight, mask=None) -> io.NodeOutput:
+        try:
+            rgb = parse_hex_colour(colour)
+        except ValueError as e:
+            raise ValueError(f"{cls.NAME}: colour: {e}") from None
+        terms = {"mean_colour": (colour_weight, rgb), "brightness": (brightness_weight, brightness),
+                 "contrast": (contrast_weight, contrast), "saturation": (saturation_weight, saturation)}
+        decode = VaeDecoder(vae, cls.NAME)
+        return io.NodeOutput(ColourTarget(decode, terms, mask=mask_b1hw(mask), node=cls.NAME))
+
+
+class ClipVisionLoss(io.ComfyNode):
+    NAME = "Guidance Loss (CLIP Vision)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdjointGuidance_LossClipVision",
+            display_name=cls.NAME,
+            category=CATEGORY,
+            description="Decodes the result with the VAE and embeds it with CLIP vision (ComfyUI's own "
+                        "preprocessing, done differentiably); the loss is weight·(1 − cosine similarity) "
+                        "to the reference image's embedding (several references: their normalised mean).",
+            inputs=[
+                io.Vae.Input("vae", tooltip="The VAE that decodes the model's latents (the one VAE Decode gets)."),
+                io.ClipVision.Input("clip_vision", tooltip="A CLIP vision model (Load CLIP Vision)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="The reference image(s) the result should resemble in CLIP's eyes. "
+                                       "Required; several images are averaged or matched per sample "
+                                       "(see references)."),
+                io.Combo.Input("references", options=["average", "one per sample"], default="average",
+                               tooltip="average: every sample moves toward the normalised mean of all "
+                                       "reference embeddings; one per sample: sample i toward image i "
+                                       "(give as many images as samples, or one)."),
+                io.Combo.Input("crop", options=["center", "none"], default="center",
+                               tooltip="As CLIP Vision Encode: center crops the short side to CLIP's "
+                                       "square input; none stretches the image."),
+                io.Float.Input("weight", default=1.0, min=-1e4, max=1e4, step=0.01,
+                               tooltip=WEIGHT_TOOLTIP + " A negative weight pushes away from the reference."),
+            ],
+            outputs=[GuidanceLoss.Output()],
+        )
+
+    @classmethod
+    def execute(cls, vae, clip_vision, references, crop, weight, image=None) -> io.NodeOutput:
+        if clip_vision is None:
+            raise ValueError(f"{cls.NAME}: clip_vision: no CLIP vision model; connect Load CLIP Vision")
+        if image is None or image.shape[0] == 0:
+            raise ValueError(f"{cls.NAME}: image: no reference image; connect the IMAGE(s) the result should "
+                             "resemble (e.g. Load Image)")
+        decode = VaeDecoder(vae, cls.NAME)
+        embed = ClipVisionEmbedder(clip_vision, crop=crop == "center")
+        ref = embed.references(image_bchw(image))
+        if references == "average":
+            with torch.inference_mode(False):
+                mean = ref.mean(dim=0, keepdim=True)
+                ref = mean / mean.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return io.NodeOutput(EmbeddingSimilarity(decode, embed, ref, weight=weight, node=cls.NAME,
+                                                 reference_input="image"))
+
+
+class CombineLoss(io.ComfyNode):
+    NAME = "Guidance Loss (Combine)"
+    SLOTS = 4
+
+    @classmethod
+    def define_schema(cls):
+        inputs = []
+        for i in range(1, cls.SLOTS + 1):
+            inputs.append(GuidanceLoss.Input(f"loss_{i}", optional=i > 1,
+                                             tooltip="A guidance loss (any Guidance Loss node, also another "
+                                                     "Combine)." + (" Optional." if i > 1 else "")))
+            inputs.append(io.Float.Input(f"weight_{i}", default=1.0, min=-1e4, max=1e4, step=0.01,
+                                         tooltip=f"Multiplies loss_{i}."))
+        return io.Schema(
+            node_id="AdjointGuidance_LossCombine",
+            display_name=cls.NAME,
+            category=CATEGORY,
+            description="A weighted sum of guidance losses: weight_1·loss_1 + … (unconnected slots are "
+                        "skipped). Chain Combines for more than four.",
+            inputs=inputs,
+            outputs=[GuidanceLoss.Output()],
+        )
+
+    @classmethod
+    def execute(cls, loss_1, weight_1, weight_2=1.0, weight_3=1.0, weight_4=1.0, loss_2=None, loss_3=None,
+                loss_4=None) -> io.NodeOutput:
+        pairs = [(weight_1, loss_1), (weight_2, loss_2), (weight_3, loss_3), (weight_4, loss_4)]
+        return io.NodeOutput(WeightedSum([(w, l) for w, l in pairs if l is not None]))
+
+
+NODES = [LatentTargetLoss, ImageTargetLoss, ColourLoss, ClipVisionLoss, CombineLoss]

@@ -83,6 +83,55 @@ def adjoint_guided():
     }
 
 
+def colour_guided():
+    """Guidance Loss (Colour): the Adjoint Sampler pushes the picture's mean colour toward a blue."""
+    return {
+        **_loaders(),
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a lighthouse on a cliff at dusk, oil painting"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "AdjointGuidance_LossColour", "inputs": {
+            "vae": ["3", 0], "colour": "#2050c0", "colour_weight": 1.0, "brightness": 0.4, "brightness_weight": 0.0,
+            "contrast": 0.25, "contrast_weight": 0.0, "saturation": 0.4, "saturation_weight": 0.5}},
+        "8": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "loss": ["7", 0], "seed": 42, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
+            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise", "iterations": 10,
+            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
+            "denoise": 1.0}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "colour_guided"}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["8", 3], "filename_prefix": "colour_guided_loss_curve"}},
+    }
+
+
+def reference_guided():
+    """Guidance Loss (Image Target), low frequencies: a new prompt that keeps a reference's layout."""
+    return {
+        **_loaders(),
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a castle on a hill, morning light, oil painting"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "seed": 7, "steps": 8, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "reference_guided_reference"}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a castle on a hill in a snowstorm at night, oil painting"}},
+        "11": {"class_type": "AdjointGuidance_LossImageTarget", "inputs": {
+            "vae": ["3", 0], "image": ["8", 0], "metric": "mse", "blur_sigma": 4.0, "weight": 1.0}},
+        "12": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
+            "model": ["1", 0], "positive": ["10", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "loss": ["11", 0], "seed": 1, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
+            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise", "iterations": 10,
+            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
+            "denoise": 1.0}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["3", 0]}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "reference_guided"}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["12", 3], "filename_prefix": "reference_guided_loss_curve"}},
+    }
+
+
 # file stem -> (builder, note shown in the workflow)
 WORKFLOWS = {
     "stock_text_to_image": (stock_text_to_image,
@@ -99,4 +148,16 @@ WORKFLOWS = {
                         "linear / slerp between keyframes. Give the schedule the KSampler's steps and scheduler; "
                         "with the MODEL connected each keyframe switches exactly at its step in the stock "
                         "KSampler (without it the switch points are approximate for non-SD1/SDXL models)."),
+    "colour_guided": (colour_guided,
+                      "Match a reference's colours: Guidance Loss (Colour) decodes each result with the VAE "
+                      "(differentiably) and the Adjoint Sampler optimises the initial noise until the picture's "
+                      "mean colour moves toward #2050c0 (pick your reference's mean colour) and its saturation "
+                      "toward 0.4. Brightness and contrast have weight 0: left free. Saves the image and the "
+                      "loss curve."),
+    "reference_guided": (reference_guided,
+                         "Stay close to a reference image while following a new prompt: the reference (here a "
+                         "stock KSampler picture of a morning castle; use Load Image for your own) is compared "
+                         "with each result after a Gaussian blur (blur_sigma 4 px), so the layout and colours "
+                         "follow it while the new prompt (a snowstorm at night) decides the detail. Saves the "
+                         "reference, the image and the loss curve."),
 }

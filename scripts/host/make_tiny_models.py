@@ -9,6 +9,9 @@ pictures but every code path (loading, patching, sampling, decoding) is real.
     text_encoders/tiny-clip-l.safetensors CLIPLoader(type=stable_diffusion): CLIP-L shape
     vae_approx/taesd_{encoder,decoder}.safetensors  VAELoader("taesd")
     tiny/unet32.safetensors + unet32.json  a ~32-channel UNet for fast in-process tests
+    tiny/clip_vision.safetensors + clip_vision.json  a small CLIP vision model for
+        comfy.clip_vision.ClipVisionModel(json) (the stock CLIPVisionLoader detects only
+        full-size configs: ViT-L/14 at 224 px is the smallest, ~300 M parameters)
 """
 from __future__ import annotations
 
@@ -85,6 +88,26 @@ def build_clip_l(generator):
     return {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
 
 
+# A small CLIP vision model of ComfyUI's own class (CLIPVisionModelProjection), for the
+# CLIP-vision guidance loss's tests: 48-px input (decoded 32/64-px images are resized to
+# it), 3x3 patches of 16 px, two layers of width 64.
+CLIP_VISION = {
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64,
+    "image_size": 48, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128,
+    "layer_norm_eps": 1e-05, "model_type": "clip_vision_model", "num_attention_heads": 4,
+    "num_channels": 3, "num_hidden_layers": 2, "patch_size": 16, "projection_dim": 32,
+    "torch_dtype": "float32",
+}
+
+
+def build_clip_vision(generator):
+    import comfy.clip_model
+    import comfy.ops
+    model = comfy.clip_model.CLIPVisionModelProjection(CLIP_VISION, None, "cpu", comfy.ops.manual_cast)
+    randomize_(model, generator)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def build_taesd(generator):
     import comfy.taesd.taesd as taesd
     import torch
@@ -119,6 +142,11 @@ def main(argv=None):
     enc, dec = build_taesd(g)
     save_file(enc, os.path.join(args.out, "vae_approx", "taesd_encoder.safetensors"))
     save_file(dec, os.path.join(args.out, "vae_approx", "taesd_decoder.safetensors"))
+    # its own generator, so the models above keep their exact weights
+    save_file(build_clip_vision(torch.Generator().manual_seed(SEED + 1)),
+              os.path.join(args.out, "tiny", "clip_vision.safetensors"))
+    with open(os.path.join(args.out, "tiny", "clip_vision.json"), "w") as f:
+        json.dump(CLIP_VISION, f, indent=1)
     print(f"tiny models written to {args.out}")
 
 
