@@ -17,6 +17,16 @@ def _loaders():
     }
 
 
+def _adjoint_sampler(positive, loss, seed, optimize="noise", iterations=10):
+    """The Adjoint Sampler as the examples use it: 8 Karras steps, exact gradients, Adam 0.05."""
+    return {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
+        "model": ["1", 0], "positive": positive, "negative": ["5", 0], "latent_image": ["6", 0],
+        "loss": loss, "seed": seed, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
+        "gradient": "exact", "adjoint_steps": 0, "optimize": optimize, "iterations": iterations,
+        "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
+        "denoise": 1.0}}
+
+
 def stock_text_to_image():
     return {
         **_loaders(),
@@ -69,12 +79,7 @@ def adjoint_guided():
             "seed": 7, "steps": 8, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}},
         "8": {"class_type": "AdjointGuidance_LossLatentTarget", "inputs": {
             "target": ["7", 0], "metric": "mse", "weight": 1.0}},
-        "9": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "loss": ["8", 0], "seed": 1, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
-            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise + prompt", "iterations": 12,
-            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
-            "denoise": 1.0}},
+        "9": _adjoint_sampler(["4", 0], ["8", 0], seed=1, optimize="noise + prompt", iterations=12),
         "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["3", 0]}},
         "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "adjoint_guided"}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["9", 3], "filename_prefix": "adjoint_guided_loss_curve"}},
@@ -93,12 +98,7 @@ def colour_guided():
         "7": {"class_type": "AdjointGuidance_LossColour", "inputs": {
             "vae": ["3", 0], "colour": "#2050c0", "colour_weight": 1.0, "brightness": 0.4, "brightness_weight": 0.0,
             "contrast": 0.25, "contrast_weight": 0.0, "saturation": 0.4, "saturation_weight": 0.5}},
-        "8": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "loss": ["7", 0], "seed": 42, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
-            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise", "iterations": 10,
-            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
-            "denoise": 1.0}},
+        "8": _adjoint_sampler(["4", 0], ["7", 0], seed=42),
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "colour_guided"}},
         "11": {"class_type": "SaveImage", "inputs": {"images": ["8", 3], "filename_prefix": "colour_guided_loss_curve"}},
@@ -120,12 +120,7 @@ def reference_guided():
         "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a castle on a hill in a snowstorm at night, oil painting"}},
         "11": {"class_type": "AdjointGuidance_LossImageTarget", "inputs": {
             "vae": ["3", 0], "image": ["8", 0], "metric": "mse", "blur_sigma": 4.0, "weight": 1.0}},
-        "12": {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
-            "model": ["1", 0], "positive": ["10", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "loss": ["11", 0], "seed": 1, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
-            "gradient": "exact", "adjoint_steps": 0, "optimize": "noise", "iterations": 10,
-            "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
-            "denoise": 1.0}},
+        "12": _adjoint_sampler(["10", 0], ["11", 0], seed=1),
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["3", 0]}},
         "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "reference_guided"}},
         "15": {"class_type": "SaveImage", "inputs": {"images": ["12", 3], "filename_prefix": "reference_guided_loss_curve"}},
