@@ -1,0 +1,244 @@
+"""Benchmarks: cost, memory and accuracy of our gradients against the methods peers use.
+
+    python3 bench/run_bench.py [--quick] [--out bench/results] [--threads 1]
+
+Sets up the test host if it is missing (scripts/host/setup_host.py), re-runs itself under
+the host venv (.host/venv: torch CPU + ComfyUI 0.3.75), installs the benchmark's own
+dependency (bench/requirements.txt: torchdiffeq, --no-deps, into the host venv only,
+never into the pack's dependencies) when it is missing, then runs each job in a fresh
+worker process (bench/worker.py) and writes
+
+    <out>/bench.json   every row, every repetition, the references, the machine, the load
+    <out>/bench.png    time / memory / accuracy / guidance plots
+    <out>/table.md     the table as Markdown
+
+and prints the table and the targets. A full run (not --quick) with the default --out also
+copies bench.json and bench.png to bench/ (committed; the README embeds bench/bench.png).
+
+Jobs (CPU): the main workload (UNet width 32, 16² latent) at N = 5, 10, 20, 50 with every
+method; widths 64 and 128 (16² latent) at N = 5 with exact / naive / checkpoint / floor;
+the guidance loops. On a CUDA machine the same rows also run on a
+full-width SD1.5 UNet at 64² latents.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "scripts" / "host"))
+
+VENV_PY = REPO / ".host" / "venv" / "bin" / "python"
+
+
+def _in_host_venv() -> bool:
+    return Path(sys.prefix).resolve() == (REPO / ".host" / "venv").resolve()
+
+
+def bootstrap(argv):
+    """Under any python3: make sure the host exists, then exec under its venv."""
+    if _in_host_venv():
+        return
+    import setup_host  # noqa: E402  (scripts/host)
+    setup_host.main()
+    os.execv(str(setup_host.PY), [str(setup_host.PY), str(Path(__file__).resolve()), *argv])
+
+
+def ensure_torchdiffeq():
+    try:
+        import torchdiffeq  # noqa: F401
+        return
+    except ImportError:
+        pass
+    print("[bench] installing bench/requirements.txt (torchdiffeq, --no-deps) into the host venv", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-r",
+                    str(HERE / "requirements.txt")], check=True)
+
+
+ALL = ["exact", "adjointdeis-1", "adjointdeis-2m", "adjointdeis-1 M=N/2", "adjointdeis-2m M=N/2",
+       "naive autograd", "checkpoint", "odeint_adjoint", "odeint_adjoint stored", "floor"]
+SUBSET = ["exact", "naive autograd", "checkpoint", "floor"]
+
+
+def jobs(quick: bool, device: str):
+    if quick:
+        return [
+            {"kind": "table", "width": "w32", "latent": 16, "Ns": [5], "reps": {"5": 2},
+             "methods": ALL, "ref_N": 20, "device": device, "label": "main (quick)"},
+            {"kind": "guidance", "width": "w32", "latent": 16, "N": 5, "iterations": 3,
+             "methods": ["exact", "adjointdeis-1", "greedy"], "device": device, "label": "guidance (quick)"},
+        ]
+    if device == "cuda":
+        return [
+            {"kind": "table", "width": "sd15", "latent": 64, "Ns": [5, 10, 20, 50],
+             "reps": {"5": 5, "10": 5, "20": 5, "50": 5}, "methods": ALL, "ref_N": 200,
+             "device": device, "label": "gpu main"},
+            {"kind": "guidance", "width": "sd15", "latent": 64, "N": 20, "iterations": 30,
+             "methods": ["exact", "adjointdeis-1", "greedy"], "device": device, "label": "gpu guidance"},
+        ]
+    return [
+        {"kind": "table", "width": "w32", "latent": 16, "Ns": [5, 10, 20, 50],
+         "reps": {"5": 7, "10": 5, "20": 5, "50": 2}, "methods": ALL, "ref_N": 200,
+         "single_rep_methods": ["odeint_adjoint stored"], "device": device, "label": "main"},
+        {"kind": "table", "width": "w64", "latent": 16, "Ns": [5], "reps": {"5": 5},
+         "methods": SUBSET, "ref_N": None, "device": device, "label": "width 64"},
+        {"kind": "table", "width": "w128", "latent": 16, "Ns": [5], "reps": {"5": 5},
+         "methods": SUBSET, "ref_N": None, "device": device, "label": "width 128"},
+        {"kind": "guidance", "width": "w32", "latent": 16, "N": 10, "iterations": 30,
+         "methods": ["exact", "adjointdeis-1", "greedy"], "device": device, "label": "guidance"},
+    ]
+
+
+def run_job(spec: dict, workdir: Path, threads: int) -> dict:
+    spec = {**spec, "threads": threads}
+    tag = spec["label"].replace(" ", "_").replace("(", "").replace(")", "")
+    spec_path = workdir / f"spec_{tag}.json"
+    out_path = workdir / f"result_{tag}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore"}
+    load_before = os.getloadavg()
+    t0 = time.time()
+    print(f"[bench] job {spec['label']}: {spec['kind']} {spec['width']} {spec['latent']}x{spec['latent']} "
+          f"(load {load_before[0]:.2f})", flush=True)
+    subprocess.run([sys.executable, str(HERE / "worker.py"), str(spec_path), str(out_path)],
+                   check=True, env=env, cwd=REPO)
+    res = json.loads(out_path.read_text())
+    res["label"] = spec["label"]
+    res["wall_s"] = time.time() - t0
+    res["loadavg_before"] = load_before
+    res["loadavg_after"] = os.getloadavg()
+    print(f"[bench] job {spec['label']} done in {res['wall_s']:.0f} s "
+          f"(load {res['loadavg_after'][0]:.2f})", flush=True)
+    return res
+
+
+def machine_info(threads: int) -> dict:
+    import torch
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": threads, "OMP_NUM_THREADS": str(threads),
+            "cuda_available": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform()}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    bootstrap(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (N = 5 only, 2 reps)")
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default bench/results)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch / OpenMP threads per worker (default 1: this machine's 2 cores are shared)")
+    ap.add_argument("--no-publish", action="store_true",
+                    help="do not copy bench.json / bench.png to bench/ after a full run")
+    ap.add_argument("--report", type=Path, metavar="BENCH_JSON",
+                    help="measure nothing: rebuild the table, targets and plot from a saved bench.json")
+    args = ap.parse_args(argv)
+    t_start = time.time()
+    sys.path.insert(0, str(HERE))
+    import report
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        summary = json.loads(args.report.read_text())
+        results, gpu, load0 = summary["jobs"], summary["gpu"], summary["loadavg_start"]
+        threads = summary["machine"]["torch_threads"]
+        cpu_results = [r for r in results if r["workload"]["device"] == "cpu"]
+        summary["targets"] = tgt = report.targets(cpu_results)
+        rows = report.table_rows(cpu_results)
+        total = summary["total_s"]
+        args.quick = summary["quick"]
+        args.no_publish = True
+    else:
+        ensure_torchdiffeq()
+        import torch
+        import torchdiffeq
+        threads = args.threads
+        work = out / "work"
+        work.mkdir(exist_ok=True)
+        load0 = os.getloadavg()
+        print(f"[bench] load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
+              f"OMP_NUM_THREADS={threads}", flush=True)
+
+        results = []
+        for spec in jobs(args.quick, "cpu"):
+            results.append(run_job(spec, work, threads))
+        gpu = {"available": torch.cuda.is_available()}
+        if torch.cuda.is_available():
+            gpu["name"] = torch.cuda.get_device_name(0)
+            for spec in jobs(args.quick, "cuda"):
+                results.append(run_job(spec, work, threads))
+        else:
+            gpu["note"] = ("No GPU was available to this run (torch.cuda.is_available() is False); the GPU rows "
+                           "(full-width SD1.5 UNet at 64² latents) were not measured.")
+
+        cpu_results = [r for r in results if r["workload"]["device"] == "cpu"]
+        rows = report.table_rows(cpu_results)
+        tgt = report.targets(cpu_results)
+        total = time.time() - t_start
+        summary = {
+            "command": "python3 bench/run_bench.py" + (" --quick" if args.quick else ""),
+            "quick": args.quick, "total_s": total, "machine": machine_info(threads),
+            "torchdiffeq": torchdiffeq.__version__, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+            "gpu": gpu, "targets": tgt, "jobs": results,
+        }
+    (out / "bench.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(report.markdown_table(rows) + "\n\n" + report.targets_text(tgt) + "\n")
+    title = (f"Adjoint Guidance gradients vs peers: ComfyUI SD1.5 UNet class, random weights, CFG 7, float32, "
+             f"CPU ({summary['machine']['cpu'] or 'cpu'}, {threads} thread)")
+    report.plot(results, str(out / "bench.png"), title)
+
+    print()
+    print(report.text_table(rows))
+    print()
+    print("† odeint rows: 'vs exact@N' is against the exact adjoint of DPM-Solver++(1), the sampler "
+          "its Euler steps reproduce; the other rows are against exact (DPM-Solver++(2M)) at the same N.")
+    print("kf = the two keyframe embeddings of the prompt schedule; x_T = the initial noise.")
+    for r in results:
+        if r["kind"] == "guidance":
+            print(f"\nGuidance ({r['workload']['name']}, N = {r['N']}, {r['iterations']} Adam iterations on x_T):")
+            t_eq = r["equal_time_s"]
+            dg = r["diagnostics"]
+            print(f"  at the start: cos(greedy, exact) = {dg['cos_greedy_vs_exact']:.3f}, cos(adjointdeis-1, exact) "
+                  f"= {dg['cos_adjointdeis1_vs_exact']:.3f}; sampler Jacobian dx_0/dx_T along a random v: "
+                  f"cos(Jv, v) = {dg['cos_Jv_v']:.3f}, |Jv|/|v| = {dg['norm_Jv_over_v']:.3f} "
+                  f"(1 and 1 = the identity greedy assumes)")
+            for name, c in r["curves"].items():
+                print(f"  {name:14s} loss {c['loss'][0]:.3f} → {c['final_iterate_loss']:.3f} "
+                      f"(best {c['best_loss']:.3f}) in {c['time_s'][-1]:.1f} s; "
+                      f"loss at {t_eq:.1f} s: {c['loss_at_equal_time']:.3f}; network calls {c['net_counts']}")
+    print()
+    print(report.targets_text(tgt))
+    print()
+    print(f"GPU: {gpu.get('note') or gpu.get('name')}")
+    load1 = summary["loadavg_end"]
+    print(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
+    print(f"results: {out / 'bench.json'}, {out / 'bench.png'}, {out / 'table.md'}")
+    if not args.quick and not args.no_publish and out == (HERE / "results").resolve():
+        shutil.copyfile(out / "bench.json", HERE / "bench.json")
+        shutil.copyfile(out / "bench.png", HERE / "bench.png")
+        print(f"published: {HERE / 'bench.json'}, {HERE / 'bench.png'}")
+    print(f"total {total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""One benchmark job in a fresh process (run by run_bench.py under the host venv).
+
+    python bench/worker.py SPEC.json OUT.json
+
+SPEC "kind": "table" times the gradient methods on one workload (width × latent) at the
+given step counts and computes their accuracy; "guidance" runs the optimisation loops.
+
+Timing: time.perf_counter around one complete gradient (sampling pass included), after
+one untimed warm-up call of every method on this workload. Repetitions are interleaved
+(rep 0 of every method, then rep 1, …, the method order rotated each rep), so a change of
+machine load spreads over all methods instead of landing on one.
+
+Isolation (CPU): every measured call runs in a fresh fork of the warmed-up worker (see
+`Forked`), so each starts from the same heap and caches, whatever ran before it: no
+method inherits another's heap fragmentation (naive autograd frees 600 MB at N = 50).
+
+Memory (CPU): resident set size, from /proc/self/status, in that child. Before the call
+(outside the timer): glibc malloc_trim(0), the kernel's peak-RSS mark reset (write "5" to
+/proc/self/clear_refs) and the current RSS read as the baseline; after the call, peak =
+VmHWM − baseline. The model's weights and everything else already resident are in the
+baseline, so the number is the extra memory the gradient needs at its peak (tensors,
+autograd graph, allocator slack). It is the same in every repetition to ~0.1 MB; the row
+reports the median. (CUDA: torch.cuda.max_memory_allocated above the memory allocated
+before the call; calls run in-process, CUDA does not survive fork.)
+
+Python's cyclic garbage collector is off (a full pass takes ~0.2 s with ComfyUI imported).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import workload  # noqa: E402
+
+workload.import_comfy()
+
+import torch  # noqa: E402
+
+import methods  # noqa: E402
+
+_libc = None
+MADV_POPULATE_READ = 22   # Linux ≥ 5.14
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class MemoryProbe:
+    def __init__(self, device: str):
+        self.device = device
+        global _libc
+        if device == "cpu" and _libc is None:
+            try:
+                _libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                _libc = False
+        self.reset_ok = True
+
+    def start(self):
+        if self.device == "cpu":
+            if _libc:
+                _libc.malloc_trim(0)
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.reset_ok = False
+            self.base = _status_kb("VmRSS") * 1024
+        else:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+
+    def stop(self) -> float:
+        """Peak extra bytes since start(), in MiB."""
+        if self.device == "cpu":
+            peak = _status_kb("VmHWM") * 1024
+        else:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        return (peak - self.base) / 2 ** 20
+
+
+class Forked:
+    """Run each measured call in a fresh fork of this (warmed-up) process.
+
+    Every call then starts from the same process state: the same heap (so glibc's
+    fragmentation left by an earlier method, e.g. naive autograd's 600 MB graph, cannot
+    leak into the next method's memory or time), the same caches. A forked child maps the
+    shared libraries' code pages lazily, and those faults would count in its RSS (~30 MB of
+    libtorch code on the first forward), so before measuring, the child maps every file
+    page that is resident in the parent (mincore in the parent, MADV_POPULATE_READ in the
+    child: no I/O, the pages are in the page cache).
+    """
+
+    def __init__(self):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.libc = libc
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.runs = []
+
+    def snapshot_file_pages(self):
+        runs = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 6 or not parts[5].startswith("/") or "r" not in parts[1]:
+                    continue
+                a, b = (int(x, 16) for x in parts[0].split("-"))
+                n = (b - a) // self.page
+                vec = ctypes.create_string_buffer(n)
+                if self.libc.mincore(a, b - a, vec) != 0:
+                    continue
+                raw, i = vec.raw, 0
+                while i < n:
+                    if raw[i] & 1:
+                        j = i
+                        while j < n and raw[j] & 1:
+                            j += 1
+                        runs.append((a + i * self.page, (j - i) * self.page))
+                        i = j
+                    else:
+                        i += 1
+        self.runs = runs
+
+    def __call__(self, fn):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # child
+            try:
+                os.close(r)
+                for a, length in self.runs:
+                    self.libc.madvise(a, length, MADV_POPULATE_READ)
+                data = pickle.dumps(("ok", fn()))
+            except BaseException:
+                data = pickle.dumps(("error", traceback.format_exc()))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        status, value = pickle.loads(data)
+        if status != "ok":
+            raise RuntimeError(f"measured call failed in the forked child:\n{value}")
+        return value
+
+
+def _sync(device):
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def rel_err(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def kf_cat(grads) -> torch.Tensor:
+    return torch.cat([g.detach().flatten().double() for g in grads])
+
+
+def run_table(spec: dict) -> dict:
+    device = spec.get("device", "cpu")
+    wl = workload.build_workload(spec["width"], spec["latent"], device)
+    method_names = spec["methods"]
+    ns = spec["Ns"]
+    reps = {int(k): v for k, v in spec["reps"].items()}
+    single = set(spec.get("single_rep_methods", ()))   # accuracy rows timed once
+    probe = MemoryProbe(device)
+    probs = {n: workload.make_problem(wl, n) for n in ns}
+    t_start = time.perf_counter()
+
+    # warm-up: one untimed call of every method (first-call allocations, oneDNN caches)
+    warm_n = min(ns)
+    for m in method_names:
+        methods.run_method(wl, probs[warm_n], m)
+    _sync(device)
+
+    fork = Forked() if device == "cpu" else None
+    if fork is not None:
+        gc.collect()
+        if _libc:
+            _libc.malloc_trim(0)
+        fork.snapshot_file_pages()
+
+    def measure(m, prob, keep):
+        """One measured call: time, peak memory, network calls (and the gradient if keep)."""
+        probe.start()
+        wl.counter.reset()
+        _sync(device)
+        t0 = time.perf_counter()
+        try:
+            g = methods.run_method(wl, prob, m)
+        except torch.OutOfMemoryError as e:     # e.g. naive autograd at large N on a GPU
+            if device != "cpu":
+                torch.cuda.empty_cache()
+            return {"failed": f"out of memory: {str(e).splitlines()[0]}"}
+        _sync(device)
+        dt = time.perf_counter() - t0
+        out = {"time_s": dt, "peak_mb": probe.stop(), "net_counts": wl.counter.snapshot(),
+               "core_counts": g.core_counts, "loss": g.loss}
+        if keep:
+            out["grads"] = (g.grad_x.detach().cpu().double(), kf_cat(g.grad_kf))
+        return out
+
+    rows = {(m, n): {"method": m, "N": n, "times_s": [], "peak_mb_runs": []} for n in ns for m in method_names}
+    grads = {}
+    for n in ns:
+        prob = probs[n]
+        for rep in range(reps[n]):
+            k = rep % len(method_names)
+            order = method_names[k:] + method_names[:k]
+            for m in order:
+                row = rows[(m, n)]
+                if (rep > 0 and m in single) or row.get("failed"):
+                    continue
+                keep = rep == 0
+                res = fork(lambda: measure(m, prob, keep)) if fork else measure(m, prob, keep)
+                if "failed" in res:
+                    row["failed"] = res["failed"]
+                    continue
+                if keep:
+                    row.update(net_counts=res["net_counts"], core_counts=res["core_counts"], loss=res["loss"])
+                    grads[(m, n)] = res["grads"]
+                elif res["net_counts"] != row["net_counts"]:
+                    raise RuntimeError(f"{m} N={n}: network calls changed between repetitions")
+                row["times_s"].append(res["time_s"])
+                row["peak_mb_runs"].append(res["peak_mb"])
+            print(f"  [{wl.name}] N={n} rep {rep + 1}/{reps[n]} done "
+                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    # references: exact (2M) at the same N is the "exact" row itself; exact of DPM-Solver++(1)
+    # (the sampler odeint's Euler steps reproduce); exact (2M) at ref_N ≈ the continuous problem.
+    refs = {}
+    ref_info = {}
+    needs_ddim = any(m.startswith("odeint") for m in method_names)
+    for n in ns:
+        if needs_ddim:
+            g = methods.ours(wl, probs[n], "exact", solver="dpmpp_1")
+            refs[("dpmpp_1", n)] = (g.grad_x.detach().cpu().double(), kf_cat(g.grad_kf))
+            ref_info[f"exact_dpmpp_1_N{n}_loss"] = g.loss
+    ref_n = spec.get("ref_N")
+    if ref_n:
+        t0 = time.perf_counter()
+        g = methods.ours(wl, workload.make_problem(wl, ref_n), "exact")
+        refs[("cont",)] = (g.grad_x.detach().cpu().double(), kf_cat(g.grad_kf))
+        ref_info["ref_N"] = ref_n
+        ref_info["ref_time_s"] = time.perf_counter() - t0
+        ref_info["ref_loss"] = g.loss
+        ref_info["ref_grad_x_norm"] = float(refs[("cont",)][0].norm())
+        ref_info["ref_grad_kf_norm"] = float(refs[("cont",)][1].norm())
+
+    out_rows = []
+    for (m, n), row in rows.items():
+        ts = row["times_s"]
+        if row.get("failed"):
+            row.update(median_s=None, peak_mb=None, reps=0, err_same_N=None, err_cont=None)
+            out_rows.append(row)
+            continue
+        row["median_s"] = statistics.median(ts)
+        row["peak_mb"] = statistics.median(row["peak_mb_runs"])
+        row["reps"] = len(ts)
+        gx, gk = grads[(m, n)]
+        if m == "floor":
+            row["err_same_N"] = row["err_cont"] = None
+        else:
+            ex, ek = grads.get(("exact", n), (None, None))
+            same = {"x": rel_err(gx, ex), "kf": rel_err(gk, ek)} if ex is not None else None
+            row["err_same_N"] = same
+            row["err_vs_exact_2m_same_N"] = same
+            if m.startswith("odeint") and ("dpmpp_1", n) in refs:
+                rx, rk = refs[("dpmpp_1", n)]
+                row["err_same_N"] = {"x": rel_err(gx, rx), "kf": rel_err(gk, rk)}
+                row["err_same_N_reference"] = "exact adjoint of dpmpp_1 (the sampler Euler reproduces)"
+            if ("cont",) in refs:
+                cx, ck = refs[("cont",)]
+                row["err_cont"] = {"x": rel_err(gx, cx), "kf": rel_err(gk, ck)}
+            else:
+                row["err_cont"] = None
+        out_rows.append(row)
+    return {"kind": "table", "workload": workload.describe(wl), "rows": out_rows, "refs": ref_info,
+            "memory_reset_ok": probe.reset_ok, "elapsed_s": time.perf_counter() - t_start}
+
+
+def run_guidance(spec: dict) -> dict:
+    """Adam on the unit noise ε (x_T = σ_max·ε), lr, betas as adjoint.optimize's defaults,
+    ε renormalised to its initial norm after every step (as the Adjoint Sampler does).
+    Every method gets the same loop; only the gradient differs."""
+    import adjoint
+    device = spec.get("device", "cpu")
+    wl = workload.build_workload(spec["width"], spec["latent"], device)
+    n, iters, lr = spec["N"], spec["iterations"], spec.get("lr", 0.05)
+    prob = workload.make_problem(wl, n)
+    sigma0 = float(prob.sigmas[0])
+    curves = {}
+    # warm-up (untimed), and how good the cheaper gradients' directions are at the start
+    ex = methods.ours(wl, prob, "exact")
+    d1 = methods.ours(wl, prob, "adjointdeis-1")
+    _, g_greedy = methods.greedy_gradient(wl, prob)
+
+    def cos(a, b):
+        return float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm()))
+    # how far the sampler map x_T → x_0 is from the identity (what greedy assumes):
+    # a finite-difference Jacobian-vector product along a random direction
+    v = torch.randn(prob.x_init.shape, generator=torch.Generator().manual_seed(7)).to(prob.x_init)
+    h = 1e-1
+    x0a = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule).x0
+    x0b = adjoint.sample(wl.denoiser, prob.x_init + h * v, prob.sigmas, prob.schedule).x0
+    jv = (x0b - x0a) / h
+    diagnostics = {"cos_greedy_vs_exact": cos(g_greedy, ex.grad_x),
+                   "cos_adjointdeis1_vs_exact": cos(d1.grad_x, ex.grad_x),
+                   "cos_Jv_v": cos(jv, v), "norm_Jv_over_v": float(jv.norm() / v.norm())}
+    print(f"  [guidance] at x_T: cos(greedy, exact) = {diagnostics['cos_greedy_vs_exact']:.3f}, "
+          f"cos(adjointdeis-1, exact) = {diagnostics['cos_adjointdeis1_vs_exact']:.3f}; "
+          f"sampler Jacobian: cos(Jv, v) = {diagnostics['cos_Jv_v']:.3f}, "
+          f"|Jv|/|v| = {diagnostics['norm_Jv_over_v']:.3f}", flush=True)
+    for name in spec["methods"]:
+        gc.collect()
+        eps = prob.noise.detach().clone()
+        init_norm = eps.norm()
+        opt = torch.optim.Adam([eps], lr=lr, foreach=False)
+        wl.counter.reset()
+        times, losses = [], []
+        _sync(device)
+        t0 = time.perf_counter()
+        for k in range(iters):
+            x_init = sigma0 * eps
+            if name == "greedy":
+                loss, gx = methods.greedy_gradient(wl, workload.Problem(
+                    x_init=x_init, noise=eps, sigmas=prob.sigmas, schedule=prob.schedule,
+                    loss_fn=prob.loss_fn, target=prob.target, num_steps=n))
+            else:
+                res = adjoint.gradient(wl.denoiser, x_init, prob.sigmas, prob.schedule, prob.loss_fn,
+                                       method=name)
+                loss, gx = float(res.loss), res.grad_x_init
+            with torch.no_grad():
+                eps.grad = sigma0 * gx
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                eps.mul_(init_norm / eps.norm())
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            losses.append(loss)
+        # the last iterate, forward only (not part of the timed loop)
+        traj = adjoint.sample(wl.denoiser, sigma0 * eps, prob.sigmas, prob.schedule)
+        final = float(prob.loss_fn(traj.x0).sum())
+        counts = wl.counter.snapshot()
+        curves[name] = {"time_s": times, "loss": losses, "final_iterate_loss": final,
+                        "net_counts": counts, "best_loss": min(losses + [final])}
+        print(f"  [guidance] {name}: loss {losses[0]:.3f} -> {final:.3f} in {times[-1]:.1f} s", flush=True)
+    # at equal wall time: the best loss each method had reached when the fastest finished
+    t_eq = min(c["time_s"][-1] for c in curves.values())
+    for c in curves.values():
+        c["loss_at_equal_time"] = min(v for t, v in zip(c["time_s"], c["loss"]) if t <= t_eq * 1.0001)
+    return {"kind": "guidance", "workload": workload.describe(wl), "N": n, "iterations": iters,
+            "lr": lr, "curves": curves, "equal_time_s": t_eq, "diagnostics": diagnostics}
+
+
+def main():
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    # Python's cyclic collector takes ~0.2 s per full pass with ComfyUI imported; a pass
+    # landing inside a timed call would add that to one method at random. It is switched
+    # off and run explicitly between rounds instead (tensors are freed by refcounting).
+    gc.disable()
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    torch.manual_seed(0)
+    result = run_table(spec) if spec["kind"] == "table" else run_guidance(spec)
+    result["spec"] = spec
+    result["torch_threads"] = torch.get_num_threads()
+    result["env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    Path(sys.argv[2]).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
