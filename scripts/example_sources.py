@@ -17,6 +17,21 @@ def _loaders():
     }
 
 
+def _stock_ksampler_from(positive: str, stem: str):
+    """Nodes 5-10 of the stock-sampler examples: negative prompt, empty latent, KSampler on
+    the positive conditioning of node `positive`, decode, and save image and latent."""
+    return {
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": [positive, 0], "negative": ["5", 0], "latent_image": ["6", 0],
+            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": stem}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"latents/{stem}"}},
+    }
+
+
 def _adjoint_sampler(positive, loss, seed, optimize="noise", iterations=10):
     """The Adjoint Sampler as the examples use it: 8 Karras steps, exact gradients, Adam 0.05."""
     return {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
@@ -31,14 +46,7 @@ def stock_text_to_image():
     return {
         **_loaders(),
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a lighthouse on a cliff at dusk, oil painting"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "stock_text_to_image"}},
-        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/stock_text_to_image"}},
+        **_stock_ksampler_from("4", "stock_text_to_image"),
     }
 
 
@@ -53,14 +61,7 @@ def prompt_schedule():
                      "30%: a lighthouse on a cliff at dusk, oil painting\n"
                      "80%: a lighthouse on a cliff at night, stars, oil painting"),
             "interpolation": "linear", "steps": 12, "scheduler": "normal"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "prompt_schedule"}},
-        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/prompt_schedule"}},
+        **_stock_ksampler_from("4", "prompt_schedule"),
     }
 
 
