@@ -22,7 +22,6 @@ ComfyUI with --cpu exactly as tests/comfy_harness.py does.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
