@@ -27,8 +27,7 @@ import comfy.samplers
 from ..adjoint import ScheduledConditioning, optimize, sample
 from .guider_denoiser import GuiderDenoiser, entry_leaves
 from .inference_tensors import to_normal, trainable_view
-
-SCHEDULE_KEY = "adjoint_guidance_schedule"
+from .schedule_conditioning import find_schedule
 
 
 def model_alpha(model_sampling):
@@ -65,13 +64,12 @@ def check_coverage(positive: list[dict], sigmas: torch.Tensor) -> None:
 def positive_conditioning(guider, num_steps: int) -> tuple[ScheduledConditioning, bool]:
     """The conditioning the core differentiates: our schedule if present, else the entries."""
     positive = guider.conds["positive"]
-    for entry in positive:
-        carrier = entry.get(SCHEDULE_KEY)
-        if carrier is not None:
-            carrier.check_steps(num_steps)
-            keyframes = [{k: to_normal(v) if isinstance(v, torch.Tensor) else v for k, v in kf.items()}
-                         for kf in carrier.keyframes]
-            return ScheduledConditioning(keyframes, carrier.timeline), True
+    carrier = find_schedule(positive)
+    if carrier is not None:
+        carrier.check_steps(num_steps)
+        keyframes = [{k: to_normal(v) if isinstance(v, torch.Tensor) else v for k, v in kf.items()}
+                     for kf in carrier.keyframes]
+        return ScheduledConditioning(keyframes, carrier.timeline), True
     leaves = {k: to_normal(v) for k, v in entry_leaves(positive).items()}
     return ScheduledConditioning.constant(leaves), False
 
