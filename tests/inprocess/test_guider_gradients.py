@@ -42,12 +42,14 @@ def run_in_guider(patcher, positive, negative, body, steps=6, cfg=3.0, batch=1):
     class Probe(comfy.samplers.Sampler):
         def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                    denoise_mask=None, disable_pbar=False):
-            self.out = body(model_wrap, sigmas, extra_args, noise, latent_image)
+            # ComfyUI >= 0.33 casts noise and latent to float32 in CFGGuider.outer_sample; the
+            # values are float32-exact draws either way, so the float64 test takes them back
+            self.out = body(model_wrap, sigmas.double(), extra_args, noise.double(), latent_image.double())
             return latent_image
 
     g = torch.Generator().manual_seed(3)
     with torch.inference_mode():
-        noise = torch.randn(batch, 4, 8, 8, generator=g, dtype=torch.float64)
+        noise = torch.randn(batch, 4, 8, 8, generator=g, dtype=torch.float64).float().double()
         latent = torch.zeros(batch, 4, 8, 8, dtype=torch.float64)
         sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "karras", steps)
         guider = comfy.samplers.CFGGuider(patcher)

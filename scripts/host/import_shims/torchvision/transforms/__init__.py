@@ -1,4 +1,7 @@
-"""Shim: the few transforms ComfyUI and spandrel touch, in plain torch."""
+"""Shim: the few transforms ComfyUI and spandrel touch, in plain torch; any other
+transform (ToTensor, ToPILImage, ...) imports and raises when built."""
+from _test_host_stubs import stub_getattr
+
 from . import functional
 from .functional import InterpolationMode
 
@@ -21,4 +24,5 @@ class Normalize:
         return functional.normalize(x, self.mean, self.std)
 
 
+__getattr__ = stub_getattr(__name__)
 __all__ = ["Compose", "Normalize", "functional", "InterpolationMode"]

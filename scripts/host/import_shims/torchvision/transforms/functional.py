@@ -3,6 +3,7 @@ import enum
 
 import torch
 import torch.nn.functional as F
+from _test_host_stubs import stub_getattr, unavailable
 
 
 class InterpolationMode(enum.Enum):
@@ -10,10 +11,15 @@ class InterpolationMode(enum.Enum):
     NEAREST_EXACT = "nearest-exact"
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
+    BOX = "box"            # the three below: members only, resize() raises for them
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
 
 
 def resize(img, size, interpolation=InterpolationMode.BILINEAR, max_size=None, antialias=True):
     mode = interpolation.value if isinstance(interpolation, InterpolationMode) else str(interpolation)
+    if mode in ("box", "hamming", "lanczos"):
+        unavailable(f"{__name__}.resize(interpolation={mode})")()
     squeeze = img.dim() == 3
     x = img.unsqueeze(0) if squeeze else img
     kwargs = {} if mode.startswith("nearest") else {"align_corners": False}
@@ -29,5 +35,5 @@ def normalize(tensor, mean, std, inplace=False):
     return (tensor - mean) / std
 
 
-def rotate(*args, **kwargs):
-    raise NotImplementedError("torchvision.transforms.functional.rotate is not available on the test host")
+rotate = unavailable(__name__ + ".rotate")
+__getattr__ = stub_getattr(__name__)
