@@ -15,7 +15,8 @@ computed in float64 Python floats whatever the tensors' dtype.
   first order at step 0, at the final step, and at keyframe hard switches (the D_{i−1}
   term would straddle a jump in c and lose an order).
 - SDE-DPM-Solver++(1) (ComfyUI's dpmpp_sde family, η = 1): A = (σ_t/σ_s)e^{−h},
-  B = α_t(1 − e^{−2h}), E = σ_t·sqrt(1 − e^{−2h}); the noises ξ_i are stored, so the
+  B = α_t(1 − e^{−2h}), E = s·σ_t·sqrt(1 − e^{−2h}) with s the noise's own scale (1 unless
+  the model's noise is scaled: x = α·x0 + σ·s·ε); the noises ξ_i are stored, so the
   trajectory is a deterministic function of (x_T, ξ, c).
 - The last step to σ = 0 (h = ∞) is a pure denoise for all of them: x_N = α(0)·D_{N−1}.
 
@@ -76,15 +77,20 @@ def dpmpp_2m_coefficients(grid: Grid, i: int, reset_history: bool) -> StepCoeffi
                             d_prev=-first.d / (2.0 * r), order=2)
 
 
-def sde_dpmpp_1_coefficients(grid: Grid, i: int) -> StepCoefficients:
-    """SDE-DPM-Solver++(1): x_t = (σ_t/σ_s)e^{−h}·x_s + α_t(1 − e^{−2h})·D_s + σ_t·sqrt(1 − e^{−2h})·ξ."""
+def sde_dpmpp_1_coefficients(grid: Grid, i: int, noise_scale: float = 1.0) -> StepCoefficients:
+    """SDE-DPM-Solver++(1): x_t = (σ_t/σ_s)e^{−h}·x_s + α_t(1 − e^{−2h})·D_s + s·σ_t·sqrt(1 − e^{−2h})·ξ.
+
+    s is the noise's own scale (x = α·x0 + σ·s·ε; s = 1 except for flow models trained with
+    scaled noise, e.g. HiDream-O1's 8): it shifts λ by −log s, so h and the other two
+    coefficients are unchanged, and only the injected noise grows by s.
+    """
     s, t = grid.sigmas[i], grid.sigmas[i + 1]
     if t == 0.0:
         return final_denoise(grid, i)
     h = grid.h(i)
     one_minus_e2h = -math.expm1(-2.0 * h)
     return StepCoefficients(x=(t / s) * math.exp(-h), d=grid.alphas[i + 1] * one_minus_e2h,
-                            noise=t * math.sqrt(one_minus_e2h))
+                            noise=noise_scale * t * math.sqrt(one_minus_e2h))
 
 
 class Solver:
@@ -114,11 +120,20 @@ class DPMSolverPP2M(Solver):
 
 
 class SDEDPMSolverPP1(Solver):
+    """noise_scale: the noise's own scale s (x = α·x0 + σ·s·ε), 1 for almost every model."""
     name = "sde_dpmpp_1"
     stochastic = True
 
+    def __init__(self, noise_scale: float = 1.0):
+        if not (math.isfinite(noise_scale) and noise_scale >= 0.0):
+            raise ValueError(f"noise_scale must be finite and ≥ 0, got {noise_scale}")
+        self.noise_scale = float(noise_scale)
+
     def coefficients(self, grid, i, reset_history):
-        return sde_dpmpp_1_coefficients(grid, i)
+        return sde_dpmpp_1_coefficients(grid, i, self.noise_scale)
+
+    def __repr__(self):
+        return f"SDEDPMSolverPP1(noise_scale={self.noise_scale})" if self.noise_scale != 1.0 else "SDEDPMSolverPP1()"
 
 
 SOLVERS: dict[str, type[Solver]] = {

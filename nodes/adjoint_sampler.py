@@ -24,7 +24,9 @@ import latent_preview
 from comfy_api.latest import io
 
 from .adjoint_sampling import (AdjointOptimizingSampler, OptimizeSettings, ScheduledSolverSampler,
-                               SolverSettings)
+                               SolverSettings, check_sampling)
+from .host_compat import output_latent, prepared_samples, single_device_model
+from .inference_tensors import gradient_patcher
 from .loss_plot import render_loss_plot
 from . import schedule_conditioning as sc
 from .schedule_conditioning import find_schedule
@@ -49,7 +51,7 @@ def sampling_sigmas(model, scheduler: str, steps: int, denoise: float) -> torch.
 
 
 def prepared_latent(node: str, model, latent: dict) -> torch.Tensor:
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = prepared_samples(model, latent)   # as the stock samplers: channels, empty-latent ratios
     channels = model.get_model_object("latent_format").latent_channels
     if samples.ndim != 4 or samples.shape[1] != channels:
         raise ValueError(f"{node}: latent_image: the latent has {samples.shape[1]} channels "
@@ -126,6 +128,8 @@ class AdjointSampler(io.ComfyNode):
                 solver, gradient, adjoint_steps, optimize, iterations, learning_rate,
                 renormalize_noise, max_grad_norm, early_stop_patience, denoise) -> io.NodeOutput:
         node = "Adjoint Sampler"
+        model = single_device_model(node, model)   # no multi-GPU CFG split: it runs without gradients
+        check_sampling(node, model.get_model_object("model_sampling"))
         samples = prepared_latent(node, model, latent_image)
         if latent_image.get("noise_mask") is not None:
             raise ValueError(f"{node}: latent_image: it carries a noise mask (Set Latent Noise Mask / "
@@ -178,7 +182,8 @@ class AdjointSampler(io.ComfyNode):
             seed=seed, batch_index=latent_image.get("batch_index"),
             iteration_callback=on_iteration, step_callback=on_step)
         sampler = AdjointOptimizingSampler(loss, settings)
-        guider = comfy.samplers.CFGGuider(model)
+        # never differentiate through dynamic VRAM: ComfyUI's non-dynamic delegate instead
+        guider = comfy.samplers.CFGGuider(gradient_patcher(model, f"{node}: model"))
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         try:
@@ -191,7 +196,7 @@ class AdjointSampler(io.ComfyNode):
         if result.stop_reason.startswith("non_finite"):
             logging.warning("%s: %s (best iteration %d)", node, status, result.best_iteration)
 
-        out_latent = {**latent_image, "samples": out_samples.cpu()}
+        out_latent = output_latent(latent_image, out_samples.cpu())
         noise_latent = {"samples": result.noise.detach().cpu().to(samples.dtype)}
         optimized_positive = optimized_conditioning(positive, result, sampler.outcome.scheduled)
         plot = render_loss_plot(result.losses, result.best_iteration,

@@ -14,6 +14,7 @@ aliased by `trainable_view` (see inference_tensors.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -21,18 +22,85 @@ from typing import Callable, Optional
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 
-from ..adjoint import ScheduledConditioning, optimize, sample
+from ..adjoint import ScheduledConditioning, SDEDPMSolverPP1, optimize, sample
 from .guider_denoiser import GuiderDenoiser, entry_leaves
+from .host_compat import check_unsplit
 from .inference_tensors import to_normal, trainable_view
 from .schedule_conditioning import find_schedule
 
 
-def model_alpha(model_sampling):
-    """α(σ) of the model family: 1 − σ for flow (CONST) models, 1 otherwise."""
-    return "flow" if isinstance(model_sampling, comfy.model_sampling.CONST) else None
+def sampling_name(model_sampling) -> str:
+    """The model's sampling kind as ComfyUI names it (EPS, V_PREDICTION, CONST, IMG_TO_IMG_FLOW, ...)."""
+    kinds = [c.__name__ for c in type(model_sampling).__mro__
+             if c.__module__ == "comfy.model_sampling" and not c.__name__.startswith("ModelSampling")]
+    return kinds[0] if kinds else type(model_sampling).__name__
+
+
+def _probe(shape=(1, 1, 1, 1)):
+    return torch.zeros(shape), torch.ones(shape)
+
+
+def noise_mix(model_sampling, sigma: float) -> tuple[float, float]:
+    """(c, a) with the model's own noise_scaling(σ, ε, latent) = c·ε + a·latent (not max denoise)."""
+    zeros, ones = _probe()
+    s = torch.tensor(sigma, dtype=torch.float32)
+    with torch.inference_mode(False), torch.no_grad():
+        c = model_sampling.noise_scaling(s, ones.clone(), zeros.clone(), False)
+        a = model_sampling.noise_scaling(s, zeros.clone(), ones.clone(), False)
+    return float(c.flatten()[0]), float(a.flatten()[0])
+
+
+def model_alpha(model_sampling, who: str = "model"):
+    """α(σ) of the state x = α·x0 + c·ε the model's own noise_scaling builds: 1 − σ for flow
+    models, 1 for the others (EPS, V, EDM; and samplings that start from the latent itself
+    without noise, IMG_TO_IMG_FLOW, where σ runs above 1: the state is then no noisy latent,
+    and α = 1 solves the ODE dx/dσ = (x − D)/σ that ComfyUI's samplers integrate).
+
+    Both α give that same ODE; α = 1 − σ makes our first-order step exactly ComfyUI's euler
+    on flow models. The noise's own scale (CONST.noise_scale, HiDream-O1: 8) changes no
+    coefficient of the ODE solvers (it shifts λ by a constant); it enters through
+    noise_scaling (initial_state_map) and the SDE noises (solver_for).
+    """
+    _, a = noise_mix(model_sampling, 0.25)
+    if a == 0.75:
+        return "flow"
+    if a == 1.0:
+        return None
+    raise ValueError(f"{who}: the model's sampling ({sampling_name(model_sampling)}) mixes the latent with "
+                     f"weight {a:.6g} at sigma 0.25, neither 1 (noise-prediction models) nor 1 - sigma (flow "
+                     "models); the adjoint solvers do not support it. Use a stock sampler for this model")
+
+
+def check_sampling(node: str, model_sampling) -> None:
+    """Refuse, before any work, a sampling the Adjoint Sampler cannot optimise: one that ignores
+    the noise (nothing to optimise) or transforms the sampler's result afterwards (the loss
+    would not see what the node outputs); both hold for IMG_TO_IMG_FLOW (WAN 2.1 FlowRVS)."""
+    model_alpha(model_sampling, f"{node}: model")
+    c, _ = noise_mix(model_sampling, 0.25)
+    probe = torch.linspace(-1.0, 1.0, 4).reshape(1, 1, 2, 2)
+    with torch.inference_mode(False), torch.no_grad():
+        out = model_sampling.inverse_noise_scaling(torch.tensor(0.0), probe.clone())
+    reasons = []
+    if c == 0.0:
+        reasons.append("starts from the input latent itself and ignores the noise")
+    if not torch.equal(out, probe):
+        reasons.append("transforms the sampled result afterwards (inverse_noise_scaling is not the "
+                       "identity at sigma 0)")
+    if reasons:
+        raise ValueError(f"{node}: model: its sampling ({sampling_name(model_sampling)}) "
+                         + " and ".join(reasons) + ", as image-to-image flow models (IMG_TO_IMG_FLOW, e.g. "
+                         "WAN 2.1 FlowRVS) do; the Adjoint Sampler cannot optimise such a model. Sample it "
+                         "with a stock sampler, or with Adjoint Solver (Sampler) in SamplerCustomAdvanced")
+
+
+def solver_for(name: str, model_sampling):
+    """Our solver for the model: the SDE solver injects its noise at the model's noise scale,
+    exactly as ComfyUI's SDE samplers do (s_noise · model_sampling.noise_scale)."""
+    if name == "sde_dpmpp_1":
+        return SDEDPMSolverPP1(noise_scale=float(getattr(model_sampling, "noise_scale", 1.0)))
+    return name
 
 
 def is_max_denoise(model_sampling, sigmas) -> bool:
@@ -90,6 +158,7 @@ class ScheduledSolverSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                denoise_mask=None, disable_pbar=False):
         ms = model_wrap.inner_model.model_sampling
+        alpha = model_alpha(ms, "Adjoint Solver (Sampler): model")
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
         if not scheduled:
@@ -103,7 +172,7 @@ class ScheduledSolverSampler(comfy.samplers.Sampler):
 
         gen = torch.Generator(device="cpu").manual_seed(int(self.settings.seed))
         traj = sample(denoiser, (scale * noise + offset).to(noise.device), sigmas, cond,
-                      alpha=model_alpha(ms), solver=self.settings.solver, step_callback=on_step,
+                      alpha=alpha, solver=solver_for(self.settings.solver, ms), step_callback=on_step,
                       generator=gen if "sde" in self.settings.solver else None)
         return ms.inverse_noise_scaling(sigmas[-1], traj.x0)
 
@@ -182,9 +251,11 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                denoise_mask=None, disable_pbar=False):
-        s = self.settings
         model = model_wrap.inner_model
         ms = model.model_sampling
+        check_unsplit("Adjoint Sampler", extra_args.get("model_options"))
+        check_sampling("Adjoint Sampler", ms)
+        s = dataclasses.replace(self.settings, solver=solver_for(self.settings.solver, ms))
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
         if not scheduled:

@@ -15,7 +15,8 @@ from comfy_api.latest import io
 
 from ..adjoint.losses import (METRICS, ColourTarget, EmbeddingSimilarity, ImageTarget, LatentTarget,
                               WeightedSum, parse_hex_colour)
-from .pixel_losses import ClipVisionEmbedder, VaeDecoder, check_counts, image_bchw, mask_b1hw
+from .pixel_losses import (ClipVisionEmbedder, VaeDecoder, check_counts, check_vision_kind, image_bchw,
+                           mask_b1hw)
 
 GuidanceLoss = io.Custom("GUIDANCE_LOSS")
 CATEGORY = "Adjoint Guidance/loss"
@@ -207,6 +208,7 @@ class ClipVisionLoss(io.ComfyNode):
     def execute(cls, vae, clip_vision, references, crop, weight, image=None) -> io.NodeOutput:
         if clip_vision is None:
             raise ValueError(f"{cls.NAME}: clip_vision: no CLIP vision model; connect Load CLIP Vision")
+        check_vision_kind(cls.NAME, clip_vision)   # before any work
         if image is None or image.shape[0] == 0:
             raise ValueError(f"{cls.NAME}: image: no reference image; connect the IMAGE(s) the result should "
                              "resemble (e.g. Load Image)")

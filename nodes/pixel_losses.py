@@ -10,7 +10,9 @@ CLIP-vision embedding, and ComfyUI IMAGE / MASK tensors in the core's layouts.
   with ComfyUI's clip_preprocess done differentiably: the same bicubic antialiased
   resize of the short side, centre crop and mean/std normalisation, without the 8-bit
   rounding and [0, 1] clip (round has no gradient; the rounding changes pixels by at
-  most 1/510).
+  most 1/510). SigLIP, SigLIP 2 and DINOv2/v3 encoders likewise, each with its own
+  preprocessing (`vision_pixels`; SigLIP 2 NaFlex: `siglip2_preprocess`'s resize to its
+  own patch grid); other kinds are refused (`check_vision_kind`).
 - Weights that ComfyUI's loaders made inference tensors are aliased for the duration of
   each call by `trainable_view` (inference_tensors.py: no copy), the same way as the
   model's. ComfyUI's CLIP layers add their residuals in place (`x += ...`), which autograd
@@ -32,7 +34,7 @@ import torch
 
 import comfy.model_management
 
-from .inference_tensors import to_normal, trainable_view
+from .inference_tensors import gradient_patcher, to_normal, trainable_view
 
 
 def work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -127,6 +129,7 @@ class VaeDecoder:
             raise ValueError(f"{node}: {input_name}: this is a {vae.latent_dim}-d (video/audio) VAE; "
                              "the pixel losses need an image VAE")
         self.vae, self.node, self.input_name = vae, node, input_name
+        self.patcher = gradient_patcher(vae.patcher, f"{node}: {input_name}")
         self.map = output_map(vae)
         self.calls = 0          # decodes actually run (tests)
 
@@ -140,9 +143,9 @@ class VaeDecoder:
         if cached is not None:
             return cached
         comfy.model_management.load_models_gpu(
-            [vae.patcher], memory_required=vae.memory_used_decode(x0.shape, vae.vae_dtype),
+            [self.patcher], memory_required=vae.memory_used_decode(x0.shape, vae.vae_dtype),
             force_full_load=getattr(vae, "disable_offload", False))
-        with trainable_view(vae.first_stage_model) as model:
+        with trainable_view(self.patcher.model) as model:
             out = model.decode(x0.to(device=vae.device, dtype=vae.vae_dtype))
         image = self.map(out.to(device=x0.device, dtype=work_dtype(x0)))
         if image.ndim != 4 or image.shape[1] != 3:
@@ -172,6 +175,61 @@ def clip_pixels(image: torch.Tensor, size: int, mean, std, crop: bool = True) ->
     return (image - mean) / std
 
 
+def siglip2_naflex_pixels(image: torch.Tensor, patch_size: int, num_patches: int, mean, std) -> torch.Tensor:
+    """comfy.clip_model.siglip2_preprocess for a NaFlex model (image_size ≤ 0), differentiable:
+    the whole image, bilinearly (antialiased) resized to the largest patch grid of its own
+    aspect ratio with at most num_patches patches, no 8-bit rounding or clip to [0, 1]."""
+    import comfy.clip_model
+    h, w = comfy.clip_model.siglip2_flex_calc_resolution(image.shape[2], image.shape[3], patch_size, num_patches)
+    image = torch.nn.functional.interpolate(image, size=(h, w), mode="bilinear", antialias=True)
+    mean = torch.tensor(mean, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+# The image encoders ComfyUI's Load CLIP Vision gives (comfy.clip_vision.IMAGE_ENCODERS), by
+# their model_type: each embeds through its model's image_embeds (CLIP: the projected class
+# token; SigLIP / SigLIP 2: the mean of the token embeddings; DINOv2 / DINOv3: the
+# normalised class token), after its own preprocessing as ComfyUI's encode_image does it.
+VISION_KINDS = {"clip_vision_model": "CLIP ViT", "siglip_vision_model": "SigLIP",
+                "siglip2_vision_model": "SigLIP 2", "dinov2": "DINOv2", "dinov3": "DINOv3"}
+
+
+def vision_kind(clip_vision) -> str:
+    """The model_type of a CLIP_VISION (ComfyUI 0.33+ records it; older versions: from its classes)."""
+    kind = getattr(clip_vision, "model_type", None)
+    if isinstance(kind, str):
+        return kind
+    model = getattr(clip_vision, "model", None)
+    name = type(model).__name__
+    if name == "Dinov2Model":
+        return "dinov2"
+    if name == "CLIPVisionModelProjection":
+        embeddings = getattr(getattr(model, "vision_model", None), "embeddings", None)
+        if type(embeddings).__name__ == "CLIPVisionEmbeddings":
+            return "siglip_vision_model" if embeddings.class_embedding is None else "clip_vision_model"
+    return name
+
+
+def check_vision_kind(node: str, clip_vision) -> str:
+    """The model_type if we embed it exactly as ComfyUI does; a clear error otherwise."""
+    kind = vision_kind(clip_vision)
+    if kind not in VISION_KINDS:
+        raise ValueError(f"{node}: clip_vision: {kind} models are not supported; use a CLIP ViT (e.g. "
+                         "clip_vision_h, ViT-L/14), SigLIP, SigLIP 2 or DINOv2 / DINOv3 model")
+    return kind
+
+
+def vision_pixels(clip_vision, kind: str, image: torch.Tensor, crop: bool = True) -> torch.Tensor:
+    """The model's own preprocessing of (B, 3, H, W) on [0, 1], differentiable (see encode_image)."""
+    cv = clip_vision
+    if kind == "siglip2_vision_model" and cv.image_size <= 0:
+        config = getattr(cv, "config", {})
+        return siglip2_naflex_pixels(image, config.get("patch_size", 16), config.get("num_patches", 256),
+                                     cv.image_mean, cv.image_std)
+    return clip_pixels(image, cv.image_size, cv.image_mean, cv.image_std, crop=crop)
+
+
 def _clip_layer_forward(self, x, mask=None, optimized_attention=None):
     """comfy.clip_model.CLIPLayer.forward with out-of-place residual additions."""
     x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
@@ -197,13 +255,15 @@ class ClipVisionEmbedder:
 
     def __init__(self, clip_vision, crop: bool = True):
         self.cv, self.crop = clip_vision, crop
+        self.kind = check_vision_kind("Guidance Loss (CLIP Vision)", clip_vision)
+        self.patcher = gradient_patcher(clip_vision.patcher, "Guidance Loss (CLIP Vision): clip_vision")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         cv = self.cv
-        comfy.model_management.load_model_gpu(cv.patcher)
-        pixels = clip_pixels(image.to(device=cv.load_device, dtype=work_dtype(image)), cv.image_size,
-                             cv.image_mean, cv.image_std, crop=self.crop)
-        with trainable_view(cv.model) as model, out_of_place_residuals(model):
+        comfy.model_management.load_model_gpu(self.patcher)
+        pixels = vision_pixels(cv, self.kind, image.to(device=cv.load_device, dtype=work_dtype(image)),
+                               crop=self.crop)
+        with trainable_view(self.patcher.model) as model, out_of_place_residuals(model):
             out = model(pixel_values=pixels)
         emb = out[2]
         if emb.ndim == 3:       # SigLIP-style per-token embeddings: their mean

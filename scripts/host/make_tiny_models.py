@@ -8,6 +8,8 @@ pictures but every code path (loading, patching, sampling, decoding) is real.
     unet/tiny-sd15-unet.safetensors      UNETLoader: smallest SD1.5-detectable UNet
     text_encoders/tiny-clip-l.safetensors CLIPLoader(type=stable_diffusion): CLIP-L shape
     vae_approx/taesd_{encoder,decoder}.safetensors  VAELoader("taesd")
+    unet/tiny-sd15-{fp32,fp16,bf16,scaled_fp8,mixed_fp8}.safetensors  one UNet in each
+        weight format users load (build_weight_formats)
     tiny/unet32.safetensors + unet32.json  a ~32-channel UNet for fast in-process tests
     tiny/clip_vision.safetensors + clip_vision.json  a small CLIP vision model for
         comfy.clip_vision.ClipVisionModel(json) (the stock CLIPVisionLoader detects only
@@ -118,6 +120,41 @@ def build_taesd(generator):
             {k: v.contiguous() for k, v in dec.state_dict().items()})
 
 
+# Weight formats of one UNet, for the weight-format tests: a float32 master from its own
+# seed, and the ways users' files store it. Quantised files quantise the Linear layers
+# (the attention and feed-forward projections, the time embedding), per tensor, with an
+# absmax scale, as the common fp8_scaled releases do; everything else stays float32 so
+# the only rounding in those files is the format's own.
+FORMAT_NAMES = ("fp32", "fp16", "bf16", "scaled_fp8", "mixed_fp8")
+
+
+def _fp8_with_scale(w):
+    import torch
+    scale = (w.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max).clamp_min(1e-12)
+    return (w.float() / scale).to(torch.float8_e4m3fn), scale.reshape(()).float()
+
+
+def build_weight_formats(generator):
+    """{name: (state_dict, safetensors metadata)} for every name in FORMAT_NAMES."""
+    import json
+    import torch
+    master = build_unet(SD15_DETECTABLE, generator, torch.float32)
+    linear = [k[:-len(".weight")] for k, v in master.items() if k.endswith(".weight") and v.dim() == 2]
+    out = {"fp32": (master, None),
+           "fp16": ({k: v.half() for k, v in master.items()}, None),
+           "bf16": ({k: v.bfloat16() for k, v in master.items()}, None)}
+    legacy, mixed = dict(master), dict(master)
+    for layer in linear:
+        q, scale = _fp8_with_scale(master[layer + ".weight"])
+        legacy[layer + ".weight"], legacy[layer + ".scale_weight"] = q, scale
+        mixed[layer + ".weight"], mixed[layer + ".weight_scale"] = q, scale
+    legacy["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)   # the legacy marker key
+    out["scaled_fp8"] = (legacy, None)
+    meta = {"format_version": "1.0", "layers": {layer: {"format": "float8_e4m3fn"} for layer in linear}}
+    out["mixed_fp8"] = (mixed, {"_quantization_metadata": json.dumps(meta)})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, help="models folder (gets unet/, text_encoders/, vae_approx/, tiny/)")
@@ -147,6 +184,9 @@ def main(argv=None):
               os.path.join(args.out, "tiny", "clip_vision.safetensors"))
     with open(os.path.join(args.out, "tiny", "clip_vision.json"), "w") as f:
         json.dump(CLIP_VISION, f, indent=1)
+    for name, (sd, metadata) in build_weight_formats(torch.Generator().manual_seed(SEED + 2)).items():
+        save_file({k: v.contiguous() for k, v in sd.items()},
+                  os.path.join(args.out, "unet", f"tiny-sd15-{name}.safetensors"), metadata=metadata)
     print(f"tiny models written to {args.out}")
 
 

@@ -198,3 +198,22 @@ def test_validation_errors_name_the_argument():
         adjoint.sample(lambda x, s, c: x[:1], x, sig, c)
     with pytest.raises(TypeError, match="cond must be"):
         adjoint.sample(den, x, sig, [c])
+
+
+def test_sde_noise_scale_scales_only_the_injected_noise():
+    """x = α·x0 + σ·s·ε (a flow model trained with scaled noise, s = 8): λ shifts by −log s, so
+    only the SDE's noise coefficient grows by s, and a zero denoiser keeps std(x_i) = s·σ_i."""
+    sig = flow_sigmas(8)
+    grid = adjoint.make_grid(sig, "flow")
+    plain, scaled = adjoint.SDEDPMSolverPP1(), adjoint.SDEDPMSolverPP1(noise_scale=8.0)
+    for i in range(grid.num_steps):
+        a, b = plain.coefficients(grid, i, False), scaled.coefficients(grid, i, False)
+        assert (a.x, a.d, a.d_prev) == (b.x, b.d, b.d_prev) and b.noise == 8.0 * a.noise
+    x = 8.0 * float(sig[0]) * torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    traj = adjoint.sample(lambda x, sigma, c: torch.zeros_like(x), x, sig, torch.zeros(1, 1, dtype=F64),
+                          alpha="flow", solver=scaled, generator=torch.Generator().manual_seed(1))
+    for xi, sigma in zip(traj.xs, traj.sigmas):
+        assert abs(float(xi.std()) / (8.0 * sigma) - 1.0) < 0.03
+    assert repr(scaled) == "SDEDPMSolverPP1(noise_scale=8.0)" and repr(plain) == "SDEDPMSolverPP1()"
+    with pytest.raises(ValueError, match=r"noise_scale must be finite and ≥ 0, got -1"):
+        adjoint.SDEDPMSolverPP1(noise_scale=-1.0)
