@@ -53,13 +53,16 @@ class GuidanceLoss:
 
 # -- helpers -----------------------------------------------------------------------------
 def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """Per-sample mean of values (B, C, H, W) over the mask's support (B|1, 1, H, W).
+    """Per-sample mean of values (B, C, H, W) over the mask's support (B|1, 1, H, W); for
+    video-shaped values (B, C, T, H, W) the same mask holds for every frame.
 
     An all-zero mask selects nothing: that sample's loss is 0 (with zero gradient), not NaN.
     """
     b = values.shape[0]
     if mask is None:
         return values.reshape(b, -1).mean(dim=1)
+    if mask.ndim < values.ndim:
+        mask = mask.reshape(*mask.shape[:2], *([1] * (values.ndim - mask.ndim)), *mask.shape[2:])
     weights = mask.to(values.dtype).expand(b, 1, *values.shape[2:])
     total = (values * weights).reshape(b, -1).sum(dim=1)
     count = weights.reshape(b, -1).sum(dim=1) * values.shape[1]

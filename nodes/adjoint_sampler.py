@@ -33,7 +33,13 @@ from .schedule_conditioning import find_schedule
 
 GuidanceLoss = io.Custom("GUIDANCE_LOSS")
 CATEGORY = "Adjoint Guidance"
-SOLVER_CHOICES = ["dpmpp_2m", "dpmpp_1", "sde_dpmpp_1"]
+SOLVER_CHOICES = ["dpmpp_2m", "dpmpp_1", "dpmpp_2m_lambda", "sde_dpmpp_1"]
+SOLVER_TOOLTIP = ("dpmpp_2m: DPM-Solver++(2M) in ComfyUI's own coordinates: the stock dpmpp_2m sample, so "
+                  "the optimised noise replays in a KSampler (dpmpp_2m) on every model family; dpmpp_1: "
+                  "first order (= stock euler, DDIM); dpmpp_2m_lambda: DPM-Solver++(2M) in the model's "
+                  "λ = log(α/σ), the same as dpmpp_2m on SD/SDXL, a more accurate integrator on flow "
+                  "models (SD3, Flux), replayed by our Adjoint Solver (Sampler) only; sde_dpmpp_1: "
+                  "SDE-DPM-Solver++(1) with fixed seeded noises.")
 METHOD_CHOICES = ["exact", "adjointdeis-1", "adjointdeis-2m", "adjointdeis-sde"]
 OPTIMIZE_CHOICES = ["noise", "prompt", "noise + prompt"]
 STOP_TEXT = {"iterations": "ran all iterations", "early_stop": "stopped early (no improvement)",
@@ -52,8 +58,16 @@ def sampling_sigmas(model, scheduler: str, steps: int, denoise: float) -> torch.
 
 def prepared_latent(node: str, model, latent: dict) -> torch.Tensor:
     samples = prepared_samples(model, latent)   # as the stock samplers: channels, empty-latent ratios
-    channels = model.get_model_object("latent_format").latent_channels
-    if samples.ndim != 4 or samples.shape[1] != channels:
+    latent_format = model.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    # image models sample (B, C, H, W); models with latent_dimensions 3 (Qwen-Image, Wan) (B, C, T, H, W)
+    ndim = 2 + getattr(latent_format, "latent_dimensions", 2)
+    layout = "(batch, channels, height, width)" if ndim == 4 else "(batch, channels, frames, height, width)"
+    if samples.ndim != ndim:
+        raise ValueError(f"{node}: latent_image: a {samples.ndim}-D latent (shape {tuple(samples.shape)}), but "
+                         f"this model samples {ndim}-D latents {layout} with {channels} channels; use a "
+                         "latent made for this model (its own Empty Latent or VAE Encode)")
+    if samples.shape[1] != channels:
         raise ValueError(f"{node}: latent_image: the latent has {samples.shape[1]} channels "
                          f"(shape {tuple(samples.shape)}) but the model expects {channels}; use a "
                          "latent made for this model (its own Empty Latent or VAE Encode)")
@@ -93,9 +107,7 @@ class AdjointSampler(io.ComfyNode):
                 io.Int.Input("steps", default=20, min=1, max=1000),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras"),
-                io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m",
-                               tooltip="dpmpp_2m: DPM-Solver++(2M); dpmpp_1: first order (= DDIM); "
-                                       "sde_dpmpp_1: SDE-DPM-Solver++(1) with fixed seeded noises."),
+                io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m", tooltip=SOLVER_TOOLTIP),
                 io.Combo.Input("gradient", options=METHOD_CHOICES, default="exact",
                                tooltip="exact: the exact gradient of the sample produced (recommended). "
                                        "adjointdeis-*: the continuous adjoint (AdjointDEIS) solvers; "
@@ -206,6 +218,7 @@ class AdjointSampler(io.ComfyNode):
             "grad_norms": [v if math.isfinite(v) else None for v in result.grad_norms],
             "best_iteration": result.best_iteration, "best_loss": result.loss,
             "stop_reason": result.stop_reason, "status": status,
+            "graph_safety": sampler.outcome.safety,
             "network_calls": {"forwards": result.counts.forwards,
                               "forwards_with_grad": result.counts.forwards_with_grad,
                               "vjps": result.counts.vjps},
@@ -253,7 +266,7 @@ class AdjointSolverSampler(io.ComfyNode):
             category=CATEGORY,
             description="Our DPM-Solver++ solvers as a SAMPLER for SamplerCustomAdvanced, with Prompt "
                         "Schedules evaluated exactly per step (blends included). No optimisation.",
-            inputs=[io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m")],
+            inputs=[io.Combo.Input("solver", options=SOLVER_CHOICES, default="dpmpp_2m", tooltip=SOLVER_TOOLTIP)],
             outputs=[io.Sampler.Output()],
         )
 

@@ -15,6 +15,7 @@ aliased by `trainable_view` (see inference_tensors.py).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -27,7 +28,7 @@ import comfy.samplers
 from ..adjoint import ScheduledConditioning, SDEDPMSolverPP1, optimize, sample
 from .guider_denoiser import GuiderDenoiser, entry_leaves
 from .host_compat import check_unsplit
-from .inference_tensors import to_normal, trainable_view
+from .inference_tensors import GraphSafety, run_protected, to_normal
 from .schedule_conditioning import find_schedule
 
 
@@ -100,7 +101,22 @@ def solver_for(name: str, model_sampling):
     exactly as ComfyUI's SDE samplers do (s_noise · model_sampling.noise_scale)."""
     if name == "sde_dpmpp_1":
         return SDEDPMSolverPP1(noise_scale=float(getattr(model_sampling, "noise_scale", 1.0)))
-    return name
+    return name.removesuffix(LAMBDA_SUFFIX)
+
+
+# `dpmpp_2m` and `dpmpp_1` take their steps in ComfyUI's own coordinates, x = x0 + σε with
+# λ = −log σ for every family (what its stock samplers integrate), so their samples are the
+# stock `dpmpp_2m` / `euler` samples to round-off and an optimised noise replays in a stock
+# KSampler. `dpmpp_2m_lambda` is DPM-Solver++(2M) in the model's own λ = log(α/σ): the same
+# on α = 1 models, the better integrator of the same ODE on flow models (α = 1 − σ). The
+# SDE solver keeps the model's α (its noise injection is defined there).
+LAMBDA_SUFFIX = "_lambda"
+
+
+def solver_alpha(name: str, model_sampling, who: str):
+    """The α the core integrates in for solver `name` (None: ComfyUI's α = 1 coordinates)."""
+    alpha = model_alpha(model_sampling, who)     # also refuses samplings we cannot follow
+    return alpha if name.endswith(LAMBDA_SUFFIX) or name == "sde_dpmpp_1" else None
 
 
 def is_max_denoise(model_sampling, sigmas) -> bool:
@@ -158,7 +174,7 @@ class ScheduledSolverSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                denoise_mask=None, disable_pbar=False):
         ms = model_wrap.inner_model.model_sampling
-        alpha = model_alpha(ms, "Adjoint Solver (Sampler): model")
+        alpha = solver_alpha(self.settings.solver, ms, "Adjoint Solver (Sampler): model")
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
         if not scheduled:
@@ -238,6 +254,7 @@ class OptimizeOutcome:
     result: object = None
     scheduled: bool = False
     history: list = field(default_factory=list)
+    safety: list = field(default_factory=list)     # GraphSafety remedies that were needed
 
 
 class AdjointOptimizingSampler(comfy.samplers.Sampler):
@@ -248,6 +265,13 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
         self.settings = settings
         self.outcome = OptimizeOutcome()
         self.current_sample = 0
+        self.safety = GraphSafety()
+
+    def with_safety(self, model, run):
+        def report(error, remedy):
+            logging.info("Adjoint Sampler: %s; running again with %s", str(error).split(":")[0],
+                         remedy.replace("_", " "))
+        return run_protected(model, self.safety, run, report)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                denoise_mask=None, disable_pbar=False):
@@ -255,6 +279,7 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
         ms = model.model_sampling
         check_unsplit("Adjoint Sampler", extra_args.get("model_options"))
         check_sampling("Adjoint Sampler", ms)
+        alpha = solver_alpha(self.settings.solver, ms, "Adjoint Sampler: model")
         s = dataclasses.replace(self.settings, solver=solver_for(self.settings.solver, ms))
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
@@ -264,24 +289,26 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
         # The loss sees the user's latent space (what VAE Encode gives, VAE Decode takes).
         # Each sample is optimised on its own (its own Adam state, clipping, best iterate,
         # early stop), so a batch gives exactly what running its samples one by one gives.
-        results = []
         self.loss.check_batch(noise.shape[0])   # references/masks fit the batch: refused before any work
-        with trainable_view(model):
-            for b in range(noise.shape[0]):
-                one = slice(b, b + 1)
-                denoiser = GuiderDenoiser(model_wrap, extra_args, noise[one], latent_image[one],
-                                          None if denoise_mask is None else denoise_mask[one], scheduled)
-                self.current_sample = b
-                sample_loss = self.loss.select(b, noise.shape[0])
-                results.append(optimize(
-                    denoiser, noise[one], sigmas, cond_for_sample(cond, b, noise.shape[0]),
-                    lambda x0, loss=sample_loss: loss(model.process_latent_out(x0)),
-                    noise_scale=scale, x_offset=offset[one],
-                    alpha=model_alpha(ms), solver=s.solver, method=s.method, adjoint_steps=s.adjoint_steps,
-                    optimize_noise=s.optimize_noise, optimize_keyframes=s.optimize_prompt,
-                    iterations=s.iterations, lr=s.lr, renormalize_noise=s.renormalize_noise,
-                    max_grad_norm=s.max_grad_norm, early_stop_patience=s.early_stop_patience,
-                    seed=s.seed + (s.batch_index[b] if s.batch_index else b),
-                    callback=s.iteration_callback, step_callback=s.step_callback))
-        self.outcome = OptimizeOutcome(result=BatchResult(results), scheduled=scheduled)
+
+        def optimize_sample(b: int):
+            one = slice(b, b + 1)
+            denoiser = GuiderDenoiser(model_wrap, extra_args, noise[one], latent_image[one],
+                                      None if denoise_mask is None else denoise_mask[one], scheduled)
+            self.current_sample = b
+            sample_loss = self.loss.select(b, noise.shape[0])
+            return optimize(
+                denoiser, noise[one], sigmas, cond_for_sample(cond, b, noise.shape[0]),
+                lambda x0, loss=sample_loss: loss(model.process_latent_out(x0)),
+                noise_scale=scale, x_offset=offset[one],
+                alpha=alpha, solver=s.solver, method=s.method, adjoint_steps=s.adjoint_steps,
+                optimize_noise=s.optimize_noise, optimize_keyframes=s.optimize_prompt,
+                iterations=s.iterations, lr=s.lr, renormalize_noise=s.renormalize_noise,
+                max_grad_norm=s.max_grad_norm, early_stop_patience=s.early_stop_patience,
+                seed=s.seed + (s.batch_index[b] if s.batch_index else b),
+                callback=s.iteration_callback, step_callback=s.step_callback)
+
+        results = [self.with_safety(model, lambda b=b: optimize_sample(b)) for b in range(noise.shape[0])]
+        self.outcome = OptimizeOutcome(result=BatchResult(results), scheduled=scheduled,
+                                       safety=list(self.safety.active))
         return ms.inverse_noise_scaling(sigmas[-1], self.outcome.result.x0.to(noise.dtype))

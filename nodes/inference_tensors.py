@@ -33,6 +33,14 @@ stores and feeds weights in several ways, and each one is handled by constructio
    own non-dynamic delegate (the mechanism its CFGGuider uses for hooked conditioning),
    a separate, normally loaded copy, and refuses by name where none can be made.
 
+5. Differentiable code paths: ComfyUI >= 0.33 runs some layers (RoPE) through kernels
+   without a backward formula unless `comfy.model_management.in_training` is set, its own
+   switch for gradients; it is set while a view is open.
+6. Code that writes in place into tensors autograd saved (Flux's residual adds), or holds
+   inference tensors outside modules (latent formats' mean/std): `GraphSafety` runs the
+   work again with every saved activation snapshotted, or with inference arguments
+   aliased, when autograd reports exactly that hazard.
+
 On CPU, paths 3 and 4 never arise from ComfyUI itself; the tests exercise them directly.
 """
 from __future__ import annotations
@@ -115,6 +123,7 @@ class _SavedConstantGuard(threading.local):
 
     def __init__(self):
         self.stable: list[set[int]] = []
+        self.snapshot_activations = False   # also copy activations (GraphSafety escalation)
         self.snapshots = 0          # tensors cloned so far (tests, memory accounting)
         self.snapshot_bytes = 0
 
@@ -122,17 +131,34 @@ class _SavedConstantGuard(threading.local):
         return all(any(x.untyped_storage().data_ptr() in s for s in self.stable) for x in inner_tensors(t))
 
     def pack(self, t: torch.Tensor):
-        if t.grad_fn is not None or t.requires_grad or self.is_stable(t):
-            return t
+        if self.is_stable(t) or (t.requires_grad and (t.grad_fn is None or not self.snapshot_activations)):
+            # kept by reference: with a saved-tensor hook installed autograd no longer checks
+            # the version counter itself, so we do (an in-place write must not pass silently)
+            return _Kept(t, t._version)
         with torch.inference_mode(False):
-            copy = t.clone()
+            copy = t.detach().clone()
         self.snapshots += 1
         self.snapshot_bytes += t.numel() * t.element_size()
         return copy
 
     @staticmethod
-    def unpack(t: torch.Tensor) -> torch.Tensor:
-        return t
+    def unpack(packed) -> torch.Tensor:
+        if isinstance(packed, _Kept):
+            if packed.tensor._version != packed.version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: a saved tensor of shape {tuple(packed.tensor.shape)} is at version "
+                    f"{packed.tensor._version}; expected version {packed.version}")
+            return packed.tensor
+        return packed
+
+
+class _Kept:
+    """A saved tensor kept by reference, with the version it had when autograd saved it."""
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor, version: int):
+        self.tensor, self.version = tensor, version
 
 
 GUARD = _SavedConstantGuard()
@@ -159,6 +185,24 @@ def _guard_saved_constants(module: torch.nn.Module):
 
 
 @contextlib.contextmanager
+def comfy_training_paths():
+    """ComfyUI's own switch to its differentiable code paths (what its training node sets):
+    on 0.33, RoPE (Flux, Chroma, Qwen-Image, Flux.2) and fused RMSNorm+RoPE (Z-Image) run
+    comfy-kitchen kernels without a backward formula unless `in_training` is set; with it
+    they run plain torch, equal to round-off. Absent on older ComfyUI: nothing to do."""
+    import comfy.model_management as mm
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+@contextlib.contextmanager
 def trainable_view(module: torch.nn.Module):
     """Within the block, autograd through `module` sees exactly the weights the forward used."""
     check_differentiable(module)
@@ -168,8 +212,81 @@ def trainable_view(module: torch.nn.Module):
                  if t is not None and _needs_alias(t)}
         reparametrized = (_reparametrize_module(module, swaps, tie_weights=True, strict=False) if swaps
                           else contextlib.nullcontext())
-        with reparametrized, full_precision_matmuls(module), _guard_saved_constants(module):
+        with reparametrized, full_precision_matmuls(module), _guard_saved_constants(module), \
+                comfy_training_paths():
             yield module
+
+
+# -- 6. code that writes in place, or holds inference tensors outside modules ------------
+class _AliasInferenceArguments(torch.overrides.TorchFunctionMode):
+    """Every inference tensor handed to a torch function under grad mode is replaced by a
+    normal alias (no copy), except the tensor an in-place function writes to: that one
+    stays, so ComfyUI's own refusal to write into shared inference tensors still holds."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            name = getattr(func, "__name__", "")
+            writes = name.endswith("_") or name.startswith("__i") or name == "__setitem__"
+            first, rest = (args[:1], args[1:]) if writes else ((), args)
+            rest, kwargs = torch.utils._pytree.tree_map_only(
+                torch.Tensor, lambda t: normal_alias(t) if _needs_alias(t) else t, (rest, kwargs))
+            args = (*first, *rest)
+        return func(*args, **kwargs)
+
+
+class GraphSafety:
+    """How a forward-with-grad is protected, escalated when autograd reports a hazard.
+
+    Plain runs cost nothing extra. Two failures are recoverable exactly, by running again:
+    - "modified by an inplace operation": code that writes in place into a tensor autograd
+      saved (Flux's and Chroma's residual adds after a LayerNorm, FreeU's slice scaling);
+      again with every saved activation snapshotted when saved (memory: one copy of what
+      the step's graph saves);
+    - "Inference tensors cannot be saved for backward": inference tensors held outside
+      module parameters (a latent format's mean/std, a patch's cached tensors); again
+      with every such tensor aliased as a normal one when a torch function receives it.
+    Anything else, or the same failure again, is raised: never a silently wrong gradient.
+    """
+    HAZARDS = {"snapshot_activations": "modified by an inplace operation",
+               "alias_inference_arguments": "Inference tensors cannot be saved for backward"}
+
+    def __init__(self):
+        self.active: list[str] = []
+
+    def escalate(self, error: BaseException) -> bool:
+        for remedy, message in self.HAZARDS.items():
+            if message in str(error) and remedy not in self.active:
+                self.active.append(remedy)
+                return True
+        return False
+
+    @contextlib.contextmanager
+    def applied(self):
+        previous = GUARD.snapshot_activations
+        GUARD.snapshot_activations = "snapshot_activations" in self.active
+        mode = (_AliasInferenceArguments() if "alias_inference_arguments" in self.active
+                else contextlib.nullcontext())
+        try:
+            with mode:
+                yield
+        finally:
+            GUARD.snapshot_activations = previous
+
+
+def run_protected(module: torch.nn.Module, safety: GraphSafety, run, on_escalate=None):
+    """run() under trainable_view(module) and `safety`; when autograd reports a hazard that
+    GraphSafety can protect from, escalate and run again from the start (run() must start
+    from the same inputs each time, so the result is the one an unhindered run gives)."""
+    while True:
+        try:
+            with trainable_view(module), safety.applied():
+                return run()
+        except RuntimeError as error:
+            if not safety.escalate(error):
+                raise
+            if on_escalate is not None:
+                on_escalate(error, safety.active[-1])
 
 
 def to_normal(t: torch.Tensor) -> torch.Tensor:

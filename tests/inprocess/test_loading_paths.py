@@ -138,7 +138,7 @@ def test_resident_weights_are_not_copied(comfy_nodes):
 
     def spy(t):
         out = original(t)
-        if out is not t:
+        if isinstance(out, torch.Tensor):          # a snapshot; kept tensors come back wrapped
             copied.append(t.untyped_storage().data_ptr())
         return out
     inf.GUARD.pack = spy
@@ -186,3 +186,63 @@ def test_fp8_matmul_layers_are_refused_by_name(comfy_nodes):
                                          r"multiplications \(--fast fp8_matrix_mult\)"):
         with inf.trainable_view(torch.nn.Sequential(layer)):
             pass
+
+
+class InPlaceResidual(torch.nn.Module):
+    """Flux's pattern: a LayerNorm saves its input, then the residual is added in place."""
+
+    def __init__(self, in_place=True):
+        super().__init__()
+        g = torch.Generator().manual_seed(8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.proj = torch.nn.Linear(8, 8)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(8, 8, generator=g) / 3)
+            self.proj.bias.copy_(torch.randn(8, generator=g) / 3)
+        self.in_place = in_place
+
+    def forward(self, x):
+        h = x * 1.0
+        for _ in range(2):
+            update = self.proj(self.norm(h))
+            if self.in_place:
+                h += update
+            else:
+                h = h + update
+        return h
+
+
+def test_an_in_place_write_into_a_saved_tensor_is_caught_and_then_survived(comfy_nodes):
+    """With our saved-tensor hook installed autograd stops checking versions itself; the hook
+    must check them (a silent wrong gradient otherwise), and GraphSafety must then recover
+    the exact gradient by snapshotting activations."""
+    inf = pack_submodule("nodes.inference_tensors")
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    (exact,) = torch.autograd.grad(InPlaceResidual(in_place=False)(x).square().sum(), x)
+    net = InPlaceResidual()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        with inf.trainable_view(net):
+            torch.autograd.grad(net(x).square().sum(), x)
+    safety = inf.GraphSafety()
+    (survived,) = inf.run_protected(net, safety, lambda: torch.autograd.grad(net(x).square().sum(), x))
+    assert safety.active == ["snapshot_activations"]
+    torch.testing.assert_close(survived, exact, rtol=1e-6, atol=0)
+
+
+def test_inference_tensors_outside_modules_are_survived(comfy_nodes):
+    """A latent format's mean/std (Qwen-Image, Wan, Playground) are inference tensors that no
+    module owns; multiplying by them under grad fails until GraphSafety aliases them."""
+    inf = pack_submodule("nodes.inference_tensors")
+    with torch.inference_mode():
+        std = torch.full((1, 4, 1, 1), 0.5)
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    net = torch.nn.Identity()
+    safety = inf.GraphSafety()
+    (grad,) = inf.run_protected(net, safety, lambda: torch.autograd.grad((x * std).square().sum(), x))
+    assert safety.active == ["alias_inference_arguments"]
+    torch.testing.assert_close(grad, 2 * x.detach() * 0.25, rtol=1e-6, atol=0)
+    with torch.inference_mode():
+        shared = torch.zeros(2)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        with inf.trainable_view(net), safety.applied():
+            shared.add_(1.0)                       # a shared inference tensor stays write-protected
