@@ -10,7 +10,12 @@ any denoiser callable D(x, σ, cond) → x0. No ComfyUI import: usable standalon
 
 Modules: coords (α, λ, σ grids), conditioning (keyframe schedules and blends), solvers
 (forward steps, trajectory), adjoints (gradient methods), api (sample, gradient),
-optimize (Adam loop), counting (network-call accounting), timeline (keyframe timing).
+optimize (Adam loop), counting (network-call accounting), timeline (keyframe timing),
+checks (argument validation: refusals read "<function>: <argument>: <problem>").
+
+Conventions: N = len(sigmas) − 1 sampling steps, the final denoise to σ = 0 included;
+the grid helpers take (steps, sigma_min, sigma_max); a keyframe at fraction f is active
+from step ⌊f·N⌋; `loss` in GradientResult and OptimizeResult is a Python float.
 """
 from .adjoints import (METHODS, AdjointDEIS1, AdjointDEIS2M, AdjointDEISSDE,
                        ExactDiscreteAdjoint, GradientMethod, get_method)

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from .checks import named
 from .timeline import Blend, Timeline
 
 Keyframe = Union[torch.Tensor, Mapping[str, Any]]
@@ -68,15 +69,15 @@ def _is_leaf_tensor(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and v.is_floating_point()
 
 
-def _keys_of(kf: Keyframe) -> list[Optional[str]]:
+def _keys_of(kf: Keyframe, name: str = "keyframes") -> list[Optional[str]]:
     """Positions of the differentiable tensors of one keyframe (None for a bare tensor)."""
     if isinstance(kf, torch.Tensor):
         if not kf.is_floating_point():
-            raise TypeError("a keyframe tensor must be floating point")
+            raise TypeError(f"{name}: a keyframe tensor must be floating point, got dtype {kf.dtype}")
         return [None]
     if isinstance(kf, Mapping):
         return [k for k, v in kf.items() if _is_leaf_tensor(v)]
-    raise TypeError(f"a keyframe must be a Tensor or a dict of Tensors, got {type(kf).__name__}")
+    raise TypeError(f"{name}: a keyframe must be a Tensor or a dict of Tensors, got {type(kf).__name__}")
 
 
 class ScheduledConditioning:
@@ -89,16 +90,28 @@ class ScheduledConditioning:
     """
 
     def __init__(self, keyframes: Sequence[Keyframe], timeline: Optional[Timeline] = None):
-        keyframes = list(keyframes)
+        with named("ScheduledConditioning"):
+            self._init(keyframes, timeline)
+
+    def _init(self, keyframes, timeline):
+        if isinstance(keyframes, (torch.Tensor, Mapping, str, bytes)):
+            raise TypeError(f"keyframes: must be a list of keyframes (Tensors or dicts of Tensors), got a "
+                            f"single {type(keyframes).__name__}; write [cond] for one keyframe")
+        try:
+            keyframes = list(keyframes)
+        except TypeError:
+            raise TypeError(f"keyframes: must be a list of keyframes, got {type(keyframes).__name__}") from None
         if not keyframes:
             raise ValueError("keyframes: at least one keyframe is needed")
         timeline = Timeline.constant() if timeline is None else timeline
+        if not isinstance(timeline, Timeline):
+            raise TypeError(f"timeline: must be a Timeline or None, got {type(timeline).__name__}")
         if timeline.num_keyframes != len(keyframes):
             raise ValueError(f"keyframes: {len(keyframes)} keyframes but the timeline has "
                              f"{timeline.num_keyframes}")
         self.keyframes = keyframes
         self.timeline = timeline
-        self._keys = [_keys_of(kf) for kf in keyframes]
+        self._keys = [_keys_of(kf, f"keyframes[{k}]") for k, kf in enumerate(keyframes)]
         if timeline.interpolation != "hold":
             self._check_blendable()
 
@@ -134,6 +147,14 @@ class ScheduledConditioning:
     # ----- leaves -------------------------------------------------------------------
     def leaves(self) -> list[torch.Tensor]:
         return [self._get(k, key) for k in range(self.num_keyframes) for key in self._keys[k]]
+
+    def leaf_names(self) -> list[str]:
+        """A name for every leaf, for messages: "keyframe 1", "keyframe 0 'cross_attn'"."""
+        return [self._leaf_name(k, key) for k in range(self.num_keyframes) for key in self._keys[k]]
+
+    @staticmethod
+    def _leaf_name(k: int, key: Optional[str]) -> str:
+        return f"keyframe {k}" + ("" if key is None else f" {key!r}")
 
     def _leaf_index(self) -> list[list[int]]:
         out, n = [], 0
@@ -217,15 +238,18 @@ class ScheduledConditioning:
         return d
 
     # ----- validation -------------------------------------------------------------------
-    def check_batch(self, batch: int) -> None:
-        """Every keyframe tensor with ≥ 2 dims must have batch 1 or the noise's batch."""
+    def check_batch(self, batch: int, against: str = "x_init") -> None:
+        """Every keyframe tensor with ≥ 2 dims must have batch 1 or the noise's batch.
+
+        `against` names the noise argument in the message ("x_init", or optimize's "noise").
+        """
         for k in range(self.num_keyframes):
             for key in self._keys[k]:
                 t = self._get(k, key)
                 if t.ndim >= 2 and t.shape[0] not in (1, batch):
-                    name = f"keyframe {k}" + ("" if key is None else f" {key!r}")
-                    raise ValueError(f"{name} has batch {t.shape[0]} (shape {tuple(t.shape)}) but the "
-                                     f"noise x_init has batch {batch}; it must be 1 or {batch}")
+                    raise ValueError(f"cond: {self._leaf_name(k, key)} has batch {t.shape[0]} (shape "
+                                     f"{tuple(t.shape)}) but {against} has batch {batch}; "
+                                     f"it must be 1 or {batch}")
 
 
 def as_scheduled(cond) -> ScheduledConditioning:
@@ -233,6 +257,7 @@ def as_scheduled(cond) -> ScheduledConditioning:
     if isinstance(cond, ScheduledConditioning):
         return cond
     if isinstance(cond, (torch.Tensor, Mapping)):
+        _keys_of(cond, "cond")
         return ScheduledConditioning.constant(cond)
     raise TypeError(f"cond must be a Tensor, a dict of Tensors or a ScheduledConditioning, "
                     f"got {type(cond).__name__}")

@@ -27,12 +27,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .adjoints import get_method
-from .api import LossFn, _prepare, gradient, sample
-from .conditioning import ScheduledConditioning, as_scheduled
-from .coords import AlphaSpec, make_grid
+from .api import LossFn, _check_gradient_args, _gradient, _prepare, _sample
+from .checks import as_bool, as_float, as_int, check_callable, check_tensor, named
+from .conditioning import ScheduledConditioning
+from .coords import AlphaSpec
 from .counting import CallCounts
-from .solvers import Denoiser, StepCallback, draw_sde_noises, get_solver
+from .solvers import Denoiser, StepCallback, draw_sde_noises
 
 
 @dataclass
@@ -92,26 +92,52 @@ def optimize(denoiser: Denoiser, noise: torch.Tensor, sigmas, cond, loss_fn: Los
              early_stop_min_delta: float = 0.0, seed: int = 0, resample_sde_noises: bool = False,
              callback: Optional[Callable[[IterationInfo], None]] = None,
              step_callback: Optional[StepCallback] = None) -> OptimizeResult:
-    """Minimise Σ loss_fn(x0) over ε (and/or keyframes, θ) with Adam; see the module docstring."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be ≥ 1, got {iterations}")
-    if not (optimize_noise or optimize_keyframes or (optimize_params and params)):
-        raise ValueError("nothing to optimise: set optimize_noise, optimize_keyframes or "
-                         "optimize_params (with params)")
-    params = tuple(params)
-    grid = make_grid(sigmas, alpha)
-    conditioning = as_scheduled(cond)
-    solver_obj = get_solver(solver)
-    noise_scale = grid.sigmas[0] if noise_scale is None else float(noise_scale)
+    """Minimise Σ loss_fn(x0) over ε (and/or keyframes, θ) with Adam; see the module docstring.
+
+    Every argument is checked before the first network call; errors read
+    "optimize: <argument>: …". x_offset must have the noise's shape (it is converted to the
+    noise's dtype and device); floating-point keyframes may have another dtype than the
+    noise (the denoiser sees them in the noise's dtype; they are optimised and returned
+    in their own).
+    """
+    where = "optimize"
+    with named(where):
+        iterations = as_int("iterations", iterations, minimum=1)
+        optimize_noise = as_bool("optimize_noise", optimize_noise)
+        optimize_keyframes = as_bool("optimize_keyframes", optimize_keyframes)
+        optimize_params = as_bool("optimize_params", optimize_params)
+        renormalize_noise = as_bool("renormalize_noise", renormalize_noise)
+        resample_sde_noises = as_bool("resample_sde_noises", resample_sde_noises)
+        lr = as_float("lr", lr, above=0.0)
+        betas = _check_betas(betas)
+        if max_grad_norm is not None:
+            max_grad_norm = as_float("max_grad_norm", max_grad_norm, above=0.0)
+        if early_stop_patience is not None:
+            early_stop_patience = as_int("early_stop_patience", early_stop_patience, minimum=1)
+        early_stop_min_delta = as_float("early_stop_min_delta", early_stop_min_delta, minimum=0.0)
+        seed = as_int("seed", seed)
+        check_callable("callback", callback, optional=True, signature="callback(info)")
+        if noise_scale is not None:
+            noise_scale = as_float("noise_scale", noise_scale, minimum=0.0)
+        if x_offset is not None:
+            check_tensor("x_offset", x_offset, shape=noise.shape if isinstance(noise, torch.Tensor) else None,
+                         shape_of="the noise's")
     with torch.inference_mode(False):
-        eps = noise.detach().clone()
-        offset = torch.zeros_like(eps) if x_offset is None else x_offset.detach().clone().to(eps)
-        # validate everything (shapes, names, noise lengths) before the first network call
-        _prepare(denoiser, noise_scale * eps + offset, sigmas, conditioning, alpha, solver_obj,
-                 None, None, draw_noises=False)
-        get_method(method).validate_adjoint_steps(grid.num_steps, adjoint_steps)
+        # validate everything (types, shapes, dtypes, names, ranges) before the first network call
+        prob = _prepare(where, denoiser, noise, sigmas, cond, alpha, solver, None, None, step_callback,
+                        draw_noises=False, x_name="noise")
+        grid, conditioning, solver_obj = prob.grid, prob.conditioning, prob.solver
+        _, params = _check_gradient_args(where, loss_fn, method, adjoint_steps, params, solver_obj,
+                                         grid.num_steps)
+        noise_scale = grid.sigmas[0] if noise_scale is None else noise_scale
+        eps = prob.x_init                  # the noise's copy
+        offset = torch.zeros_like(eps) if x_offset is None else x_offset.detach().to(eps, copy=True)
         leaves = [l.detach().clone() for l in conditioning.leaves()]
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))   # same noises on any device
+        with named(where):
+            if not ((optimize_noise) or (optimize_keyframes and leaves) or (optimize_params and params)):
+                raise ValueError("nothing to optimise: set optimize_noise, optimize_keyframes (with "
+                                 "floating-point keyframes) or optimize_params (with params)")
+        generator = torch.Generator(device="cpu").manual_seed(seed)   # same noises on any device
         fixed_noises = draw_sde_noises(eps, grid.num_steps, generator) if solver_obj.stochastic else None
         initial_norms = torch.linalg.vector_norm(eps.reshape(eps.shape[0], -1), dim=1)
 
@@ -151,9 +177,10 @@ def optimize(denoiser: Denoiser, noise: torch.Tensor, sigmas, cond, loss_fn: Los
         k = 0
         for k in range(iterations):
             current = conditioning.with_leaves(leaves)
-            res = gradient(denoiser, noise_scale * eps + offset, sigmas, current, loss_fn, alpha=alpha,
-                           solver=solver_obj, method=method, adjoint_steps=adjoint_steps, params=params,
-                           sde_noises=noises_for_iteration(), step_callback=step_callback)
+            res = _gradient(where, denoiser, noise_scale * eps + offset, sigmas, current, loss_fn, alpha=alpha,
+                            solver=solver_obj, method=method, adjoint_steps=adjoint_steps, params=params,
+                            sde_noises=noises_for_iteration(), generator=None, step_callback=step_callback,
+                            checked=True)
             counts = counts + res.counts
             loss_value = float(res.loss)
             grads = []
@@ -197,9 +224,9 @@ def optimize(denoiser: Denoiser, noise: torch.Tensor, sigmas, cond, loss_fn: Los
                     _per_sample_renorm(eps, initial_norms)
         else:
             # the final iterate, forward only, so the best covers it as well
-            traj = sample(denoiser, noise_scale * eps + offset, sigmas, conditioning.with_leaves(leaves),
-                          alpha=alpha, solver=solver_obj, sde_noises=noises_for_iteration(),
-                          step_callback=step_callback)
+            traj = _sample(where, denoiser, noise_scale * eps + offset, sigmas, conditioning.with_leaves(leaves),
+                           alpha=alpha, solver=solver_obj, sde_noises=noises_for_iteration(), generator=None,
+                           step_callback=step_callback, checked=True)
             counts = counts + traj.counts
             with torch.no_grad():
                 out = loss_fn(traj.x0)
@@ -233,6 +260,13 @@ def optimize(denoiser: Denoiser, noise: torch.Tensor, sigmas, cond, loss_fn: Los
             result.keyframes = conditioning.keyframes
             result.params = tuple(p.detach().clone() for p in params)
     return result
+
+
+def _check_betas(betas) -> tuple:
+    """Adam's (β1, β2), each in [0, 1)."""
+    if isinstance(betas, (str, bytes, torch.Tensor)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(f"betas: must be a pair (beta1, beta2), got {betas!r}")
+    return tuple(as_float(f"betas[{j}]", b, minimum=0.0, below=1.0) for j, b in enumerate(betas))
 
 
 def _flatten_like(conditioning: ScheduledConditioning, grad_keyframes: list) -> list:

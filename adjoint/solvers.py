@@ -27,11 +27,13 @@ the states x_i (latents only), the D values and the coefficients actually used.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from .checks import check_finite
 from .conditioning import ScheduledConditioning
 from .coords import Grid
 from .counting import CallCounts
@@ -125,8 +127,10 @@ class SDEDPMSolverPP1(Solver):
     stochastic = True
 
     def __init__(self, noise_scale: float = 1.0):
+        if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
+            raise TypeError(f"SDEDPMSolverPP1: noise_scale must be a real number, got {type(noise_scale).__name__}")
         if not (math.isfinite(noise_scale) and noise_scale >= 0.0):
-            raise ValueError(f"noise_scale must be finite and ≥ 0, got {noise_scale}")
+            raise ValueError(f"SDEDPMSolverPP1: noise_scale must be finite and ≥ 0, got {noise_scale}")
         self.noise_scale = float(noise_scale)
 
     def coefficients(self, grid, i, reset_history):
@@ -192,13 +196,27 @@ class Trajectory:
 
 
 def check_sde_noises(noises: Sequence[torch.Tensor], x: torch.Tensor, num_steps: int) -> list:
-    noises = list(noises)
+    """N − 1 finite floating-point tensors shaped like x, converted to x's dtype and device."""
+    if isinstance(noises, torch.Tensor):
+        if noises.ndim != x.ndim + 1:
+            raise TypeError(f"sde_noises: must be a list of {num_steps - 1} tensors shaped like x_init "
+                            f"{tuple(x.shape)} (or one tensor stacking them), got a tensor of shape "
+                            f"{tuple(noises.shape)}")
+        noises = list(noises.unbind(0))
+    try:
+        noises = list(noises)
+    except TypeError:
+        raise TypeError(f"sde_noises: must be a list of tensors, got {type(noises).__name__}") from None
     if len(noises) != num_steps - 1:
         raise ValueError(f"sde_noises: need one noise per step before the final denoise, "
                          f"{num_steps - 1} for {num_steps} steps; got {len(noises)}")
     for j, n in enumerate(noises):
+        if not isinstance(n, torch.Tensor) or not n.is_floating_point():
+            got = f"dtype {n.dtype}" if isinstance(n, torch.Tensor) else type(n).__name__
+            raise TypeError(f"sde_noises: sde_noises[{j}] must be a floating-point tensor, got {got}")
         if tuple(n.shape) != tuple(x.shape):
-            raise ValueError(f"sde_noises[{j}] has shape {tuple(n.shape)}, x_init has {tuple(x.shape)}")
+            raise ValueError(f"sde_noises: sde_noises[{j}] has shape {tuple(n.shape)}, x_init has {tuple(x.shape)}")
+        check_finite(f"sde_noises: sde_noises[{j}]", n)
     return [n.to(dtype=x.dtype, device=x.device) for n in noises]
 
 

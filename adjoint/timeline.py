@@ -8,7 +8,8 @@ and the ComfyUI nodes convert it to start/end percent for stock samplers.
 Positions are either fractions of the sampling steps (``Position(0.3, "fraction")``,
 also written 30 %) or absolute 0-based step indices (``Position(12, "step")``), the
 A1111 convention: a keyframe at fraction f becomes active at step floor(f·N), one at
-step k at step k (never, if k ≥ N). The floor carries a tiny guard so that 0.29·100
+step k at step k (never, if k ≥ N). N = len(sigmas) − 1 is the number of sampling steps,
+the final denoise to σ = 0 included; steps are numbered 0 … N − 1. The floor carries a tiny guard so that 0.29·100
 resolves to 29 whatever the float rounding.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,11 +37,14 @@ class Position:
 
     def __post_init__(self):
         if self.unit not in ("fraction", "step"):
-            raise ValueError(f"unknown position unit {self.unit!r}")
+            raise ValueError(f"Position: unit: unknown position unit {self.unit!r}; use 'fraction' or 'step'")
+        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real) \
+                or not math.isfinite(self.value):
+            raise TypeError(f"Position: value: must be a finite real number, got {self.value!r}")
         if self.unit == "fraction" and not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"fraction {self.value} is outside [0, 1]")
+            raise ValueError(f"Position: value: fraction {self.value} is outside [0, 1]")
         if self.unit == "step" and (self.value < 0 or self.value != int(self.value)):
-            raise ValueError(f"step {self.value} is not a non-negative integer")
+            raise ValueError(f"Position: value: step {self.value} is not a non-negative integer")
 
     def to_step(self, num_steps: int) -> int:
         """The first 0-based step index at which this position is reached (≤ num_steps)."""
@@ -79,14 +85,30 @@ class Timeline:
     hard_after: frozenset[int] = field(default=frozenset())
 
     def __post_init__(self):
+        # sequences become tuples (the dataclass is frozen and hashed: start steps are cached)
+        if isinstance(self.starts, (Position, str, bytes)) or not isinstance(self.starts, Iterable):
+            raise TypeError(f"Timeline: starts: must be a sequence of Position, got {type(self.starts).__name__}")
+        object.__setattr__(self, "starts", tuple(self.starts))
+        for k, p in enumerate(self.starts):
+            if not isinstance(p, Position):
+                raise TypeError(f"Timeline: starts: starts[{k}] must be a Position, got {type(p).__name__} {p!r}")
         if not self.starts:
-            raise ValueError("a timeline needs at least one keyframe")
+            raise ValueError("Timeline: starts: a timeline needs at least one keyframe")
         if self.starts[0].to_step(1_000_000) != 0:
-            raise ValueError("the first keyframe must start at 0")
+            raise ValueError("Timeline: starts: the first keyframe must start at 0")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ValueError(f"Timeline: interpolation: must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if isinstance(self.labels, (str, bytes)):
+            raise TypeError("Timeline: labels: must be a sequence of strings, got a single string")
+        object.__setattr__(self, "labels", tuple(self.labels))
         if self.labels and len(self.labels) != len(self.starts):
-            raise ValueError("labels and starts differ in length")
+            raise ValueError(f"Timeline: labels: {len(self.labels)} labels for {len(self.starts)} starts")
+        hard = frozenset(self.hard_after)
+        for k in hard:
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self.starts):
+                raise ValueError(f"Timeline: hard_after: {k!r} is not a keyframe index 0 … {len(self.starts) - 1} "
+                                 "(keyframe k's transition to k + 1)")
+        object.__setattr__(self, "hard_after", hard)
 
     @staticmethod
     def constant() -> "Timeline":

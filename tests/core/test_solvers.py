@@ -71,7 +71,7 @@ def _gaussian_case(alpha, scheduled, s=0.5, d=4, b=2):
     tl = Timeline((Position(0.0), Position(0.5))) if scheduled else Timeline.constant()
     x = smax * torch.randn(b, d, generator=g, dtype=F64)
     # the switch of a 50 % keyframe sits at the λ midpoint of every uniform-λ grid with even N
-    grid = adjoint.make_grid(adjoint.uniform_lambda_sigmas(2, smax, smin, alpha), alpha)
+    grid = adjoint.make_grid(adjoint.uniform_lambda_sigmas(3, smin, smax, alpha), alpha)
     sig_mid = grid.sigmas[1]
     segments = ([(smax, sig_mid, mus[0]), (sig_mid, smin, mus[1])] if scheduled else [(smax, smin, mus[0])])
     return make_gaussian(d=d, s=s, alpha=alpha), x, mus, tl, segments, (smax, smin), s
@@ -91,7 +91,7 @@ def test_gaussian_closed_form_flow_map_is_reproduced(alpha, scheduled):
     exact = gaussian_sample(den, x, mus, segments, s, alpha, smin)
     rows = {}
     for solver in ["dpmpp_1", "dpmpp_2m"]:
-        rows[solver] = [rel_err(adjoint.sample(den, x, adjoint.uniform_lambda_sigmas(n, smax, smin, alpha),
+        rows[solver] = [rel_err(adjoint.sample(den, x, adjoint.uniform_lambda_sigmas(n + 1, smin, smax, alpha),
                                                ScheduledConditioning(mus, tl), alpha=alpha, solver=solver).x0,
                                 exact) for n in NS]
     print("\n" + format_table(f"Gaussian flow map, x0 rel. error (alpha={alpha}, scheduled={scheduled})",
@@ -146,10 +146,10 @@ def test_float32_follows_the_inputs():
 
 
 def test_grids_look_like_comfyui():
-    for sig in (adjoint.karras_sigmas(8, 0.03, 14.6), adjoint.uniform_lambda_sigmas(8, 14.6, 0.03),
-                adjoint.uniform_lambda_sigmas(8, 0.98, 0.02, "flow"), flow_sigmas(8)):
+    for sig in (adjoint.karras_sigmas(8, 0.03, 14.6), adjoint.uniform_lambda_sigmas(9, 0.03, 14.6),
+                adjoint.uniform_lambda_sigmas(9, 0.02, 0.98, "flow"), flow_sigmas(8)):
         assert sig[-1] == 0 and bool((sig[1:] < sig[:-1]).all())
-    g = adjoint.make_grid(adjoint.uniform_lambda_sigmas(8, 0.98, 0.02, "flow"), "flow")
+    g = adjoint.make_grid(adjoint.uniform_lambda_sigmas(9, 0.02, 0.98, "flow"), "flow")
     hs = [g.h(i) for i in range(7)]
     assert max(hs) - min(hs) < 1e-12
     assert g.lambdas[-1] == math.inf and g.num_steps == 9
