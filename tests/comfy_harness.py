@@ -83,13 +83,21 @@ def load_comfy_in_process():
     return nodes
 
 
+_pack = None
+
+
 def pack_module():
-    """Our pack as ComfyUI imported it (so isinstance checks see the same classes)."""
+    """Our pack as ComfyUI imported it (so isinstance checks see the same classes). Found once
+    per process: the search resolves the path of every imported module (~0.25 s)."""
+    global _pack
+    if _pack is not None:
+        return _pack
     nodes = load_comfy_in_process()
     pack_dir = os.path.realpath(nodes.LOADED_MODULE_DIRS["adjoint_guidance"])
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
         if f and os.path.realpath(f) == os.path.join(pack_dir, "__init__.py"):
+            _pack = mod
             return mod
     raise RuntimeError("the adjoint_guidance pack was not imported by ComfyUI")
 

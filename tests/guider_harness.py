@@ -31,7 +31,9 @@ def float64_everywhere():
         def call(self, *args, **kwargs):
             out = originals[name](self, *args, **kwargs)
             if self.dtype == torch.float64 and isinstance(out, torch.Tensor) and out.dtype == torch.float32:
-                return originals["to"](self, device=out.device)
+                # a conversion returns a new tensor: so must we (ComfyUI's LoRA patching copies a
+                # weight this way and adds to the copy in place)
+                return originals["to"](self, device=out.device, copy=True)
             return out
         return call
     for name in originals:
