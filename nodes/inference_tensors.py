@@ -218,38 +218,63 @@ def trainable_view(module: torch.nn.Module):
 
 
 # -- 6. code that writes in place, or holds inference tensors outside modules ------------
-class _AliasInferenceArguments(torch.overrides.TorchFunctionMode):
-    """Every inference tensor handed to a torch function under grad mode is replaced by a
-    normal alias (no copy), except the tensor an in-place function writes to: that one
-    stays, so ComfyUI's own refusal to write into shared inference tensors still holds."""
+# Functions returning several views of one tensor: autograd forbids writing into such a view
+# in place once gradients flow ("Output 0 of Unbind is a view and is being modified inplace").
+MULTI_VIEW_FUNCTIONS = frozenset({"unbind", "split", "chunk", "tensor_split", "split_with_sizes",
+                                  "hsplit", "vsplit", "dsplit"})
+
+
+class _GraphSafetyMode(torch.overrides.TorchFunctionMode):
+    """Under grad mode only (the forward-with-grad; plain forwards run untouched):
+    - alias_inference: every inference tensor handed to a torch function is replaced by a
+      normal alias (no copy), except the tensor an in-place function writes to, so
+      ComfyUI's own refusal to write into shared inference tensors still holds;
+    - copy_views: the outputs of functions returning several views (unbind, split, chunk)
+      come back as copies, which code may then scale in place (ComfyUI's ControlNet merge
+      does `x *= strength` on unbound outputs) without autograd refusing it."""
+
+    def __init__(self, alias_inference: bool, copy_views: bool):
+        super().__init__()
+        self.alias_inference, self.copy_views = alias_inference, copy_views
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            name = getattr(func, "__name__", "")
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if self.alias_inference:
             writes = name.endswith("_") or name.startswith("__i") or name == "__setitem__"
             first, rest = (args[:1], args[1:]) if writes else ((), args)
             rest, kwargs = torch.utils._pytree.tree_map_only(
                 torch.Tensor, lambda t: normal_alias(t) if _needs_alias(t) else t, (rest, kwargs))
             args = (*first, *rest)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if self.copy_views and name in MULTI_VIEW_FUNCTIONS and isinstance(out, (tuple, list)):
+            out = type(out)(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
+        return out
 
 
 class GraphSafety:
     """How a forward-with-grad is protected, escalated when autograd reports a hazard.
 
-    Plain runs cost nothing extra. Two failures are recoverable exactly, by running again:
+    Plain runs cost nothing extra. Three failures are recoverable exactly, by running again:
     - "modified by an inplace operation": code that writes in place into a tensor autograd
       saved (Flux's and Chroma's residual adds after a LayerNorm, FreeU's slice scaling);
       again with every saved activation snapshotted when saved (memory: one copy of what
       the step's graph saves);
     - "Inference tensors cannot be saved for backward": inference tensors held outside
-      module parameters (a latent format's mean/std, a patch's cached tensors); again
-      with every such tensor aliased as a normal one when a torch function receives it.
+      module parameters (a latent format's mean/std, a ControlNet's weights); again with
+      every such tensor aliased as a normal one when a torch function receives it;
+    - "is a view and is being modified inplace": in-place writes into the outputs of
+      unbind/split/chunk (a Fun ControlNet's outputs, scaled by ComfyUI's merge); again
+      with those outputs copied.
     Anything else, or the same failure again, is raised: never a silently wrong gradient.
+    Every remedy acts under grad mode only; the tests check the gradient it gives against
+    finite differences of the plain forward.
     """
     HAZARDS = {"snapshot_activations": "modified by an inplace operation",
-               "alias_inference_arguments": "Inference tensors cannot be saved for backward"}
+               "alias_inference_arguments": "Inference tensors cannot be saved for backward",
+               "copy_multi_view_outputs": "is a view and is being modified inplace"}
 
     def __init__(self):
         self.active: list[str] = []
@@ -265,8 +290,9 @@ class GraphSafety:
     def applied(self):
         previous = GUARD.snapshot_activations
         GUARD.snapshot_activations = "snapshot_activations" in self.active
-        mode = (_AliasInferenceArguments() if "alias_inference_arguments" in self.active
-                else contextlib.nullcontext())
+        alias = "alias_inference_arguments" in self.active
+        copy_views = "copy_multi_view_outputs" in self.active
+        mode = _GraphSafetyMode(alias, copy_views) if alias or copy_views else contextlib.nullcontext()
         try:
             with mode:
                 yield

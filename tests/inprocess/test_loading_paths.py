@@ -246,3 +246,26 @@ def test_inference_tensors_outside_modules_are_survived(comfy_nodes):
     with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
         with inf.trainable_view(net), safety.applied():
             shared.add_(1.0)                       # a shared inference tensor stays write-protected
+
+
+def test_in_place_writes_into_unbound_views_are_survived(comfy_nodes):
+    """ComfyUI's ControlNet merge scales a Fun ControlNet's unbound outputs in place
+    (`x *= strength`), which autograd refuses for multi-view outputs; GraphSafety copies
+    them and the gradient is that of the same function written out of place."""
+    inf = pack_submodule("nodes.inference_tensors")
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(3), requires_grad=True)
+
+    def scaled_parts(in_place):
+        parts = torch.tanh(x).unbind(0)
+        if in_place:
+            for p in parts:
+                p *= 0.5
+            return sum(p.square().sum() for p in parts)
+        return sum((0.5 * p).square().sum() for p in parts)
+
+    (exact,) = torch.autograd.grad(scaled_parts(False), x)
+    safety = inf.GraphSafety()
+    (survived,) = inf.run_protected(torch.nn.Identity(), safety,
+                                    lambda: torch.autograd.grad(scaled_parts(True), x))
+    assert safety.active == ["copy_multi_view_outputs"]
+    torch.testing.assert_close(survived, exact, rtol=1e-6, atol=0)

@@ -191,17 +191,17 @@ def preloaded(patcher):
     return patcher
 
 
-def check_gradients(patcher, positive, negative, shape, cfg):
+def check_gradients(patcher, positive, negative, shape, cfg, min_noise=1e-3):
     """guider_harness.gradient_checks (noise and both keyframes of a two-keyframe schedule,
     through the real guider in float64) against finite differences; returns the GraphSafety
     remedies the run needed."""
     out = gradient_checks(preloaded(patcher), positive, negative, shape, steps=STEPS, cfg=cfg,
                           scheduler=scheduler_for(patcher), alpha=gradient_alpha(patcher), with_noise=True)
-    assert_fd(out[0])
+    assert_fd(out[0], min_noise)
     return list(out[2]) if len(out) > 2 else []
 
 
-def assert_fd(checks):
+def assert_fd(checks, min_noise=1e-3):
     """Every directional derivative equals its central difference to FD_REL, beyond the
     difference's own round-off bound (4 ε (|L+| + |L-|) / 2h, from gradient_checks). The
     noise's derivative is never 0; a tensor the model does not read has 0 for both."""
@@ -210,7 +210,7 @@ def assert_fd(checks):
         assert math.isfinite(analytic), f"{name}: gradient {analytic!r}"
         assert abs(fd - analytic) <= allowed, \
             f"{name}: finite difference {fd!r} vs adjoint {analytic!r} (allowed {allowed:.3g})"
-    assert abs(checks[0][2]) > 1e-3, f"the noise gradient vanishes: {checks[0]!r}"
+    assert abs(checks[0][2]) > min_noise, f"the noise gradient vanishes: {checks[0]!r}"
 
 
 def protected(model_wrap, run):
@@ -267,7 +267,11 @@ def prompt(kind: str, seed: int):
     A UNet without an adm input (SD1.5) never reads CLIPTextEncode's pooled_output: it is left
     out, so the finite differences are not spent on a tensor whose gradient is 0 (a DiT may read
     it without an adm input: Flux's vector input)."""
-    s = subject(kind)
+    return subject_prompt(subject(kind), seed)
+
+
+def subject_prompt(s: Subject, seed: int):
+    """prompt() for any Subject (test_controlnets.py's families too)."""
     c = s.conditioning(seed)
     if s.unet and not s.f32.model.adm_channels:
         c = [[t, {k: v for k, v in o.items() if k != "pooled_output"}] for t, o in c]
