@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 
 import torch
 
@@ -25,7 +26,9 @@ from comfy_api.latest import io
 
 from .adjoint_sampling import (AdjointOptimizingSampler, OptimizeSettings, ScheduledSolverSampler,
                                SolverSettings, check_sampling)
+from ..adjoint.losses import GuidanceLoss as CoreLoss, LatentTarget, WeightedSum
 from .host_compat import output_latent, prepared_samples, single_device_model
+from .input_checks import WidgetChecks, check_inputs, conditioning as check_conditioning_values, latent_samples
 from .inference_tensors import gradient_patcher
 from .loss_plot import render_loss_plot
 from . import schedule_conditioning as sc
@@ -80,6 +83,7 @@ def check_conditioning(node: str, name: str, model, conditioning) -> None:
         or model.model.model_config.unet_config.get("context_dim")
     if not conditioning:
         raise ValueError(f"{node}: {name}: the conditioning is empty")
+    check_conditioning_values(node, name, conditioning)      # [embedding, options] entries, finite
     for entry in conditioning:
         t = entry[0]
         if context and t.shape[-1] != context:
@@ -87,7 +91,53 @@ def check_conditioning(node: str, name: str, model, conditioning) -> None:
                              f"model expects {context}; was it encoded with this model's CLIP?")
 
 
+def latent_targets(loss):
+    """The Latent Target losses in a loss (through Combines)."""
+    if isinstance(loss, LatentTarget):
+        yield loss
+    elif isinstance(loss, WeightedSum):
+        for _, term in loss.terms:
+            yield from latent_targets(term)
+
+
+def check_loss(node: str, loss, samples) -> None:
+    """The loss fits the latent: per-sample references and masks (1 or one per sample), latent
+    targets of the latent's shape; refused before the model loads."""
+    if not isinstance(loss, CoreLoss):
+        raise ValueError(f"{node}: loss: expected a GUIDANCE_LOSS from a Guidance Loss node, got "
+                         f"{type(loss).__name__}")
+    try:
+        loss.check_batch(samples.shape[0])
+    except ValueError as e:
+        raise ValueError(f"{node}: {e}") from None
+    for target in latent_targets(loss):
+        if tuple(target.target.shape[1:]) != tuple(samples.shape[1:]):
+            raise ValueError(f"{node}: {target.node}: target: the target latent has shape "
+                             f"{tuple(target.target.shape[1:])} per sample but latent_image has "
+                             f"{tuple(samples.shape[1:])}; use a target of the latent's size")
+
+
+# The core API's names in its messages → the node's inputs. The core puts its function's name
+# first (`optimize: lr: ...`), which would read as our `optimize` input: dropped.
+_CORE_FUNCTION = re.compile(r"^(?:optimize|gradients|sample): ")
+_CORE_NAMES = ((re.compile(r"^method\b"), "gradient"),
+               (re.compile(r"^lr\b"), "learning_rate"),
+               (re.compile(r"^nothing to optimise: set optimize_noise.*", re.S),
+                "optimize: nothing to optimise (choose noise, prompt or noise + prompt)"))
+
+
+def node_message(node: str, text: str) -> str:
+    if text.startswith(node):
+        return text
+    text = _CORE_FUNCTION.sub("", text)
+    for pattern, name in _CORE_NAMES:
+        text = pattern.sub(name, text)
+    return f"{node}: {text}"
+
+
 class AdjointSampler(io.ComfyNode):
+    NAME = "Adjoint Sampler"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -135,11 +185,45 @@ class AdjointSampler(io.ComfyNode):
             ],
         )
 
+    validate_inputs = WidgetChecks()     # widget values when queued (input_checks.py)
+
+    @classmethod
+    def input_problems(cls, v: dict, connected):
+        """Cross-checks of the widgets: gradient vs solver, adjoint_steps vs steps and gradient."""
+        node = cls.NAME
+        if {"gradient", "solver"} <= v.keys():
+            gradient, solver = v["gradient"], v["solver"]
+            if gradient != "exact" and (gradient == "adjointdeis-sde") != (solver == "sde_dpmpp_1"):
+                yield "gradient", (f"{node}: gradient: {gradient!r} does not go with solver {solver!r}; use "
+                                   + ("'exact' or 'adjointdeis-sde'" if solver == "sde_dpmpp_1"
+                                      else "'exact', 'adjointdeis-1' or 'adjointdeis-2m'"))
+        if {"adjoint_steps", "steps", "gradient"} <= v.keys() and v["adjoint_steps"] != 0:
+            m, n, gradient = v["adjoint_steps"], v["steps"], v["gradient"]
+            if gradient == "exact":
+                if m != n:
+                    yield "adjoint_steps", (f"{node}: adjoint_steps: the exact gradient always takes the "
+                                            f"sampler's {n} steps back, found {m}; use 0 (= steps), or an "
+                                            "adjointdeis gradient for fewer backward steps")
+            elif n == 1:
+                if m != 1:
+                    yield "adjoint_steps", (f"{node}: adjoint_steps: a 1-step sampler has 1 backward step, found "
+                                            f"{m}; use 0 or 1")
+            elif not 2 <= m <= n:
+                yield "adjoint_steps", (f"{node}: adjoint_steps: expected 0 (= steps) or a number from 2 to the "
+                                        f"{n} steps (it counts the final denoise step), found {m}")
+
     @classmethod
     def execute(cls, model, positive, negative, latent_image, loss, seed, steps, cfg, scheduler,
                 solver, gradient, adjoint_steps, optimize, iterations, learning_rate,
                 renormalize_noise, max_grad_norm, early_stop_patience, denoise) -> io.NodeOutput:
-        node = "Adjoint Sampler"
+        node = cls.NAME
+        # every value (linked widgets too) and the linked tensors, before the model loads
+        check_inputs(AdjointSampler, dict(
+            seed=seed, steps=steps, cfg=cfg, scheduler=scheduler, solver=solver, gradient=gradient,
+            adjoint_steps=adjoint_steps, optimize=optimize, iterations=iterations,
+            learning_rate=learning_rate, renormalize_noise=renormalize_noise, max_grad_norm=max_grad_norm,
+            early_stop_patience=early_stop_patience, denoise=denoise))
+        latent_samples(node, "latent_image", latent_image, ranks=None)   # the rank: prepared_latent
         model = single_device_model(node, model)   # no multi-GPU CFG split: it runs without gradients
         check_sampling(node, model.get_model_object("model_sampling"))
         samples = prepared_latent(node, model, latent_image)
@@ -152,11 +236,7 @@ class AdjointSampler(io.ComfyNode):
         carrier = find_schedule(positive)
         if carrier is not None:
             carrier.check_steps(steps, who=node)
-        sde = solver == "sde_dpmpp_1"
-        if gradient != "exact" and (gradient == "adjointdeis-sde") != sde:
-            raise ValueError(f"{node}: gradient: {gradient!r} does not go with solver {solver!r}; use "
-                             + ("'exact' or 'adjointdeis-sde'" if solver == "sde_dpmpp_1"
-                                else "'exact', 'adjointdeis-1' or 'adjointdeis-2m'"))
+        check_loss(node, loss, samples)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         sigmas = sampling_sigmas(model, scheduler, steps, denoise)
 
@@ -202,7 +282,7 @@ class AdjointSampler(io.ComfyNode):
             out_samples = guider.sample(noise, samples, sampler, sigmas, callback=None, disable_pbar=True,
                                         seed=seed)
         except ValueError as e:   # the core's and the sampler's messages name the input, add the node
-            raise ValueError(str(e) if str(e).startswith(node) else f"{node}: {e}") from e
+            raise ValueError(node_message(node, str(e))) from e
         result = sampler.outcome.result
         status = STOP_TEXT.get(result.stop_reason, result.stop_reason)
         if result.stop_reason.startswith("non_finite"):
@@ -270,8 +350,11 @@ class AdjointSolverSampler(io.ComfyNode):
             outputs=[io.Sampler.Output()],
         )
 
+    validate_inputs = WidgetChecks()
+
     @classmethod
     def execute(cls, solver) -> io.NodeOutput:
+        check_inputs(AdjointSolverSampler, dict(solver=solver))
         return io.NodeOutput(ScheduledSolverSampler(SolverSettings(solver=solver)))
 
 
@@ -304,9 +387,12 @@ class NoiseFromLatent(io.ComfyNode):
             outputs=[io.Noise.Output()],
         )
 
+    validate_inputs = WidgetChecks()
+
     @classmethod
     def execute(cls, noise, seed) -> io.NodeOutput:
-        return io.NodeOutput(LatentNoise(noise["samples"], seed))
+        check_inputs(NoiseFromLatent, dict(seed=seed))
+        return io.NodeOutput(LatentNoise(latent_samples("Noise From Latent", "noise", noise), seed))
 
 
 NODES = [AdjointSampler, AdjointSolverSampler, NoiseFromLatent]

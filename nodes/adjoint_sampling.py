@@ -168,13 +168,24 @@ class SolverSettings:
 class ScheduledSolverSampler(comfy.samplers.Sampler):
     """Our exponential-integrator solver, per-step schedules, no optimisation."""
 
+    NODE = "Adjoint Solver (Sampler)"
+
     def __init__(self, settings: SolverSettings):
         self.settings = settings
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
                denoise_mask=None, disable_pbar=False):
+        # SamplerCustomAdvanced reports what we raise as its own error: name our node
+        try:
+            return self._sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask)
+        except ValueError as e:
+            if str(e).startswith(self.NODE):
+                raise
+            raise ValueError(f"{self.NODE}: {e}") from e
+
+    def _sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask):
         ms = model_wrap.inner_model.model_sampling
-        alpha = solver_alpha(self.settings.solver, ms, "Adjoint Solver (Sampler): model")
+        alpha = solver_alpha(self.settings.solver, ms, f"{self.NODE}: model")
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
         if not scheduled:

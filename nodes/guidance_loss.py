@@ -15,6 +15,8 @@ from comfy_api.latest import io
 
 from ..adjoint.losses import (METRICS, ColourTarget, EmbeddingSimilarity, ImageTarget, LatentTarget,
                               WeightedSum, parse_hex_colour)
+from ..adjoint.losses import GuidanceLoss as CoreLoss
+from .input_checks import WidgetChecks, check_inputs, image_tensor, latent_samples, mask_tensor
 from .pixel_losses import (ClipVisionEmbedder, VaeDecoder, check_counts, check_vision_kind, image_bchw,
                            mask_b1hw)
 
@@ -58,10 +60,13 @@ class LatentTargetLoss(io.ComfyNode):
             outputs=[GuidanceLoss.Output()],
         )
 
+    validate_inputs = WidgetChecks()     # widget values when queued (input_checks.py)
+
     @classmethod
     def execute(cls, target, metric, weight, mask=None) -> io.NodeOutput:
-        samples = target["samples"]
-        m = latent_mask(cls.NAME, mask, tuple(samples.shape[-2:]), samples.shape[0])
+        check_inputs(LatentTargetLoss, dict(metric=metric, weight=weight))
+        samples = latent_samples(cls.NAME, "target", target)
+        m = latent_mask(cls.NAME, mask_tensor(cls.NAME, "mask", mask), tuple(samples.shape[-2:]), samples.shape[0])
         if m is not None:
             check_counts(cls.NAME, {"target": samples.shape[0], "mask": m.shape[0]})
         with torch.inference_mode(False):
@@ -98,9 +103,13 @@ class ImageTargetLoss(io.ComfyNode):
             outputs=[GuidanceLoss.Output()],
         )
 
+    validate_inputs = WidgetChecks()
+
     @classmethod
     def execute(cls, vae, image, metric, blur_sigma, weight, mask=None) -> io.NodeOutput:
-        target, m = image_bchw(image), mask_b1hw(mask)
+        check_inputs(ImageTargetLoss, dict(metric=metric, blur_sigma=blur_sigma, weight=weight))
+        target = image_bchw(image_tensor(cls.NAME, "image", image))
+        m = mask_b1hw(mask_tensor(cls.NAME, "mask", mask))
         if m is not None:
             check_counts(cls.NAME, {"image": target.shape[0], "mask": m.shape[0]})
         decode = VaeDecoder(vae, cls.NAME)
@@ -148,20 +157,30 @@ class ColourLoss(io.ComfyNode):
             outputs=[GuidanceLoss.Output()],
         )
 
+    WEIGHTS = ("colour_weight", "brightness_weight", "contrast_weight", "saturation_weight")
+    validate_inputs = WidgetChecks()
+
     @classmethod
-    def validate_inputs(cls, colour=None):
-        # only `colour` in the signature: ComfyUI then still checks the other inputs' ranges
-        if colour is None:      # a linked string: checked when the node runs
-            return True
-        try:
-            parse_hex_colour(colour)
-        except ValueError as e:
-            return f"{cls.NAME}: colour: {e}"
-        return True
+    def input_problems(cls, v: dict, connected):
+        """The colour is #rrggbb; not every weight is 0."""
+        if "colour" in v:
+            try:
+                parse_hex_colour(v["colour"])
+            except ValueError as e:
+                yield "colour", f"{cls.NAME}: colour: {e}"
+        if all(w in v for w in cls.WEIGHTS) and all(v[w] == 0 for w in cls.WEIGHTS):
+            yield "colour_weight", (f"{cls.NAME}: colour_weight: every weight is 0 ({', '.join(cls.WEIGHTS)}), so "
+                                    "there is nothing to optimise; set the weight of at least one statistic "
+                                    "(mean colour, brightness, contrast, saturation) above 0")
 
     @classmethod
     def execute(cls, vae, colour, colour_weight, brightness, brightness_weight, contrast, contrast_weight,
                 saturation, saturation_weight, mask=None) -> io.NodeOutput:
+        check_inputs(ColourLoss, dict(
+            colour=colour, colour_weight=colour_weight, brightness=brightness, brightness_weight=brightness_weight,
+            contrast=contrast, contrast_weight=contrast_weight, saturation=saturation,
+            saturation_weight=saturation_weight))
+        mask = mask_tensor(cls.NAME, "mask", mask)
         try:
             rgb = parse_hex_colour(colour)
         except ValueError as e:
@@ -204,14 +223,18 @@ class ClipVisionLoss(io.ComfyNode):
             outputs=[GuidanceLoss.Output()],
         )
 
+    validate_inputs = WidgetChecks()
+
     @classmethod
     def execute(cls, vae, clip_vision, references, crop, weight, image=None) -> io.NodeOutput:
+        check_inputs(ClipVisionLoss, dict(references=references, crop=crop, weight=weight))
         if clip_vision is None:
             raise ValueError(f"{cls.NAME}: clip_vision: no CLIP vision model; connect Load CLIP Vision")
         check_vision_kind(cls.NAME, clip_vision)   # before any work
         if image is None or image.shape[0] == 0:
             raise ValueError(f"{cls.NAME}: image: no reference image; connect the IMAGE(s) the result should "
                              "resemble (e.g. Load Image)")
+        image_tensor(cls.NAME, "image", image)
         decode = VaeDecoder(vae, cls.NAME)
         embed = ClipVisionEmbedder(clip_vision, crop=crop == "center")
         ref = embed.references(image_bchw(image))
@@ -246,9 +269,29 @@ class CombineLoss(io.ComfyNode):
             outputs=[GuidanceLoss.Output()],
         )
 
+    validate_inputs = WidgetChecks()
+
+    @classmethod
+    def input_problems(cls, v: dict, connected):
+        """Not every connected loss has weight 0 (known when the prompt is queued: the connected
+        slots and, where they are widgets, their weights)."""
+        if connected is None or "loss_1" not in connected:
+            return
+        names = [f"weight_{i}" for i in range(1, cls.SLOTS + 1) if f"loss_{i}" in connected]
+        if all(n in v for n in names) and all(v[n] == 0 for n in names):
+            yield names[0], (f"{cls.NAME}: {names[0]}: every connected loss has weight 0 ("
+                             + ", ".join(f"{n} = 0" for n in names) + "), so there is nothing to optimise; "
+                             "give at least one connected loss a non-zero weight")
+
     @classmethod
     def execute(cls, loss_1, weight_1, weight_2=1.0, weight_3=1.0, weight_4=1.0, loss_2=None, loss_3=None,
                 loss_4=None) -> io.NodeOutput:
+        check_inputs(CombineLoss, dict(loss_1=loss_1, loss_2=loss_2, loss_3=loss_3, loss_4=loss_4,
+                                       weight_1=weight_1, weight_2=weight_2, weight_3=weight_3, weight_4=weight_4))
+        for i, loss in enumerate((loss_1, loss_2, loss_3, loss_4), start=1):
+            if loss is not None and not isinstance(loss, CoreLoss):
+                raise ValueError(f"{cls.NAME}: loss_{i}: expected a GUIDANCE_LOSS from a Guidance Loss node, got "
+                                 f"{type(loss).__name__}")
         pairs = [(weight_1, loss_1), (weight_2, loss_2), (weight_3, loss_3), (weight_4, loss_4)]
         return io.NodeOutput(WeightedSum([(w, l) for w, l in pairs if l is not None]))
 

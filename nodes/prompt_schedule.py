@@ -7,6 +7,9 @@ time line for our sampler. The nodes only translate: schedule text → the parse
 """
 from __future__ import annotations
 
+import logging
+import re
+
 from comfy_api.latest import io
 
 import comfy.samplers
@@ -14,6 +17,7 @@ import comfy.samplers
 from ..adjoint.prompt_syntax import Schedule, ScheduleError, describe_schedule, parse_schedule
 from ..adjoint.timeline import INTERPOLATIONS, Timeline
 from . import schedule_conditioning as sc
+from .input_checks import WidgetChecks, check_inputs, conditioning as check_conditioning
 
 CATEGORY = "Adjoint Guidance"
 MAX_INPUTS = 8
@@ -53,13 +57,28 @@ def _common_inputs() -> list:
     ]
 
 
-def _check_common(node: str, interpolation, steps, scheduler=None) -> None:
-    message = sc.check_common_inputs(node, interpolation, steps)
-    if message:
-        raise ValueError(message)
-    if scheduler is not None and scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise ValueError(f"{node}: scheduler: expected one of {', '.join(comfy.samplers.SCHEDULER_NAMES)}, "
-                         f"found {scheduler!r}")
+# A line that starts like a keyframe but is not one (the parser reads it as prompt text):
+# a letter O / o / l / I typed for a digit (`5O%:`), blanks before the % (`30 %:`), a
+# decimal comma (`0,5:`), a doubled % (`50%%:`).
+_TYPO_TIME_RE = re.compile(r"\s*((?=[0-9OoIl.,]*[0-9])[0-9OoIl.,]+\s*%*\s*:)")
+# A real keyframe line (adjoint/prompt_syntax.py's _KEYFRAME_RE).
+_KEYFRAME_LINE_RE = re.compile(r"\s*-?(?:\d+(?:\.\d*)?|\.\d+)%?\s*:")
+
+
+def keyframe_typos(text: str) -> list[str]:
+    """Hints for lines that look like keyframe lines but are not (warnings, not errors)."""
+    hints = []
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        m = _TYPO_TIME_RE.match(line)
+        if m is None or _KEYFRAME_LINE_RE.match(line):
+            continue
+        written = m.group(1)
+        head = written.rstrip(":").strip()
+        fixed = re.sub(r"\s+", "", head).replace(",", ".").translate(str.maketrans("OoIl", "0011"))
+        fixed = re.sub(r"%+", "%", fixed)
+        hints.append(f"line {number}, col {m.start(1) + 1}: {written!r} looks like a keyframe time but is not "
+                     f"one, so this line is read as prompt text; did you mean '{fixed}:'?")
+    return hints
 
 
 # --------------------------------------------------------------------------- Prompt Schedule
@@ -93,21 +112,17 @@ class PromptSchedule(io.ComfyNode):
             outputs=[io.Conditioning.Output(tooltip=_OUTPUT_TOOLTIP)],
         )
 
+    # widget values when the prompt is queued (input_checks.py); linked ones in execute
+    validate_inputs = WidgetChecks()
+
     @classmethod
-    def validate_inputs(cls, text=None, interpolation=None, steps=None):
-        """Parse widget-entered text before anything runs (a linked text is checked in execute)."""
-        if interpolation is None or steps is None:
-            return True
-        message = sc.check_common_inputs(cls.NAME, interpolation, steps)
-        if message:
-            return message
-        if text is None:
-            return True
-        try:
-            cls._parse(text, steps, interpolation)
-        except ValueError as e:
-            return str(e)
-        return True
+    def input_problems(cls, v: dict, connected):
+        """The text parsed for these steps and interpolation (the cross-check of the widgets)."""
+        if {"text", "steps", "interpolation"} <= v.keys():
+            try:
+                cls._parse(v["text"], v["steps"], v["interpolation"])
+            except ValueError as e:
+                yield "text", str(e)
 
     @classmethod
     def _parse(cls, text, steps: int, interpolation: str) -> Schedule:
@@ -120,7 +135,7 @@ class PromptSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, interpolation, steps, scheduler, model=None) -> io.NodeOutput:
-        _check_common(cls.NAME, interpolation, steps, scheduler)
+        check_inputs(PromptSchedule, dict(text=text, interpolation=interpolation, steps=steps, scheduler=scheduler))
         schedule = cls._parse(text, steps, interpolation)
         if clip is None:
             raise ValueError(f"{cls.NAME}: clip: no text encoder (if it comes from a checkpoint loader, "
@@ -151,6 +166,9 @@ class PromptSchedule(io.ComfyNode):
                             labels=schedule.prompts, starts=schedule.timeline.start_steps(steps),
                             segments=describe_schedule(schedule, steps), windows=windows,
                             sources=[{"line": line} for line in lines])
+        ui["warnings"] = [f"{cls.NAME}: text: {hint}" for hint in keyframe_typos(text)]
+        for warning in ui["warnings"]:
+            logging.warning("%s", warning)
         return io.NodeOutput(conditioning, ui={"adjoint_guidance_timeline": [ui]})
 
 
@@ -187,37 +205,46 @@ class ConditioningSchedule(io.ComfyNode):
             outputs=[io.Conditioning.Output(tooltip=_OUTPUT_TOOLTIP)],
         )
 
+    validate_inputs = WidgetChecks()
+
     @classmethod
-    def validate_inputs(cls, times=None, interpolation=None, steps=None):
-        if interpolation is None or steps is None:
-            return True
-        message = sc.check_common_inputs(cls.NAME, interpolation, steps)
-        if message:
-            return message
-        if times is None:
-            return True
+    def input_problems(cls, v: dict, connected):
+        """The times parsed for these steps and interpolation; one per connected conditioning."""
+        if not {"times", "steps", "interpolation"} <= v.keys():
+            return
         try:
-            sc.parse_times(times, steps, interpolation, node=cls.NAME)
+            starts = sc.parse_times(v["times"], v["steps"], v["interpolation"], node=cls.NAME)
         except ValueError as e:
-            return str(e)
-        return True
+            yield "times", str(e)
+            return
+        if connected is not None and "conditioning_1" in connected:
+            message = cls._count_problem(starts, [n for n in cls.INPUTS if n in connected])
+            if message:
+                yield "times", message
+
+    @classmethod
+    def _count_problem(cls, starts, names):
+        if len(starts) == len(names):
+            return None
+        return (f"{cls.NAME}: times: gives {len(starts)} time{'s' * (len(starts) != 1)} but "
+                f"{len(names)} conditioning{'s are' if len(names) != 1 else ' is'} connected "
+                f"({', '.join(names)}); give one time per connected conditioning, in order")
 
     @classmethod
     def execute(cls, times, interpolation, steps, scheduler, conditioning_1, model=None,
                 **more) -> io.NodeOutput:
-        _check_common(cls.NAME, interpolation, steps, scheduler)
-        starts = sc.parse_times(times, steps, interpolation, node=cls.NAME)
         given = {"conditioning_1": conditioning_1, **more}
         unknown = sorted(set(given) - set(cls.INPUTS))
         if unknown:
             raise ValueError(f"{cls.NAME}: {unknown[0]}: not an input of this node")
-        names = [n for n in cls.INPUTS if given.get(n) is not None]
-        if len(starts) != len(names):
-            raise ValueError(f"{cls.NAME}: times: gives {len(starts)} time{'s' * (len(starts) != 1)} but "
-                             f"{len(names)} conditioning{'s are' if len(names) != 1 else ' is'} connected "
-                             f"({', '.join(names)}); give one time per connected conditioning, in order")
+        check_inputs(ConditioningSchedule, dict(times=times, interpolation=interpolation, steps=steps,
+                                                scheduler=scheduler, **given))
+        starts = sc.parse_times(times, steps, interpolation, node=cls.NAME)
+        names = [n for n in cls.INPUTS if given.get(n) is not None]   # as many as times (checked above)
         keyframes = sc.separate_keyframes([sc.keyframe_from_conditioning(given[n], n, cls.NAME)
                                            for n in names])
+        for n in names:         # one encoded prompt each (above); finite
+            check_conditioning(cls.NAME, n, given[n])
         sc.check_keyframes(
             keyframes, interpolation,
             name=lambda k: names[k],

@@ -41,7 +41,7 @@ import comfy.samplers
 
 from ..adjoint.conditioning import ScheduledConditioning
 from ..adjoint.prompt_syntax import _TIME_RE, ScheduleError, _parse_time
-from ..adjoint.timeline import INTERPOLATIONS, Position, Timeline
+from ..adjoint.timeline import Position, Timeline
 
 SCHEDULE_KEY = "adjoint_guidance_schedule"
 # Keys of an input entry that a schedule cannot take over (they would fight its ranges).
@@ -522,15 +522,6 @@ def parse_times(text: str, steps: int, interpolation: str,
     return tuple(positions)
 
 
-def check_common_inputs(node: str, interpolation: Any, steps: Any) -> Optional[str]:
-    """The message for a bad interpolation / steps value, or None."""
-    if interpolation not in INTERPOLATIONS:
-        return f"{node}: interpolation: expected one of {', '.join(INTERPOLATIONS)}, found {interpolation!r}"
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        return f"{node}: steps: expected a whole number from 1 to {MAX_STEPS}, found {steps!r}"
-    return None
-
-
 def ui_timeline(node: str, steps: int, interpolation: str, scheduler: str, exact: bool,
                 labels: Sequence[str], starts: Sequence[int], segments: list[dict],
                 windows: list[dict], sources: Sequence[Any]) -> dict:
@@ -542,6 +533,8 @@ def ui_timeline(node: str, steps: int, interpolation: str, scheduler: str, exact
     entries: the stock CONDITIONING entries, in order: start_step, end_step, kind,
     keyframes, weight, and the start_percent / end_percent written into them (model
     timestep percents). percents: "model" (exact) or "approximate" (no model connected).
+    The Prompt Schedule adds warnings: hints for text lines that look like keyframe lines but
+    are not (prompt_schedule.keyframe_typos).
     """
     def plain(v):
         if isinstance(v, (list, tuple)):

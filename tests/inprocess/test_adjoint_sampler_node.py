@@ -87,3 +87,24 @@ def test_optimized_outputs_are_usable(setup):
     calls = out.ui["adjoint_guidance_loss"][0]["network_calls"]
     # 2 iterations of exact gradients on 3 steps, then the final iterate forward-only
     assert calls == {"forwards": 2 * 3 + 3, "forwards_with_grad": 2 * 3, "vjps": 2 * 3}
+
+
+@pytest.mark.parametrize("core, shown", [
+    ("optimize: method: unknown gradient method 'adjoint'; valid names: exact",
+     "Adjoint Sampler: gradient: unknown gradient method 'adjoint'; valid names: exact"),
+    ("optimize: nothing to optimise: set optimize_noise, optimize_keyframes (with floating-point keyframes) or "
+     "optimize_params (with params)", "Adjoint Sampler: optimize: nothing to optimise (choose noise, prompt or "
+                                      "noise + prompt)"),
+    ("optimize: lr: expected a number above 0, got 0.0", "Adjoint Sampler: learning_rate: expected a number above 0, "
+                                                        "got 0.0"),
+    ("positive: no conditioning entry covers step 3", "Adjoint Sampler: positive: no conditioning entry covers step 3"),
+])
+def test_core_messages_are_shown_with_the_node_input_names(comfy_nodes, core, shown):
+    assert pack_submodule("nodes.adjoint_sampler").node_message("Adjoint Sampler", core) == shown
+
+
+def test_a_nan_setting_is_refused_before_the_model_runs(setup):
+    with pytest.raises(ValueError, match=r"^Adjoint Sampler: cfg: expected a finite number from 0 to 100, found nan$"):
+        run(setup, cfg=float("nan"))
+    with pytest.raises(ValueError, match=r"^Adjoint Sampler: latent_image: the latent holds 256 NaN or infinite "):
+        run(setup, latent_image={"samples": torch.full((1, 4, 8, 8), float("inf"))})

@@ -324,7 +324,7 @@ def test_a_colour_that_is_not_hex_is_refused(models, text):
 
 
 def test_colour_with_every_weight_zero_is_refused(models):
-    with pytest.raises(ValueError, match=r"^Guidance Loss \(Colour\): every weight is 0"):
+    with pytest.raises(ValueError, match=r"^Guidance Loss \(Colour\): colour_weight: every weight is 0"):
         build(gl().ColourLoss, models["vae32"], "#2050c0", 0.0, 0.5, 0.0, 0.25, 0.0, 0.3, 0.0)
 
 

@@ -325,6 +325,37 @@ def test_validate_inputs_skips_linked_values(ps):
     assert ps.ConditioningSchedule.validate_inputs(times=None, interpolation="hold", steps=20) is True
 
 
+@pytest.mark.parametrize("text, hints", [
+    ("5O%: a cat", ["line 1, col 1: '5O%:' looks like a keyframe time but is not one, so this line is read as "
+                    "prompt text; did you mean '50%:'?"]),
+    ("0: a cat\n30 %: a dog", ["line 2, col 1: '30 %:' looks like a keyframe time but is not one, so this line "
+                               "is read as prompt text; did you mean '30%:'?"]),
+    ("0,5: a cat", ["line 1, col 1: '0,5:' looks like a keyframe time but is not one, so this line is read as "
+                    "prompt text; did you mean '0.5:'?"]),
+    ("0: a cat\n  1O: a dog\n# 5O%: no", ["line 2, col 3: '1O:' looks like a keyframe time but is not one, so "
+                                          "this line is read as prompt text; did you mean '10:'?"]),
+    ("0: a cat\n50%: a dog\n12:30 pm", []),
+    ("1girl: a cat\nlol: a dog\n3d render", []),
+])
+def test_keyframe_typos_get_a_hint(ps, text, hints):
+    assert ps.keyframe_typos(text) == hints
+
+
+def test_a_keyframe_typo_is_a_warning_in_the_timeline(ps):
+    out = ps.PromptSchedule.execute(FakeClip(), "0: a cat\n5O%: a dog", "hold", 10, "normal")
+    (ui,) = out.ui["adjoint_guidance_timeline"]
+    assert ui["warnings"] == ["Prompt Schedule: text: line 2, col 1: '5O%:' looks like a keyframe time but is not "
+                              "one, so this line is read as prompt text; did you mean '50%:'?"]
+    assert len(ui["keyframes"]) == 1            # still one keyframe: a hint, not an error
+
+
+def test_validate_inputs_outside_comfyui_names_every_widget(ps):
+    import inspect
+    params = list(inspect.signature(ps.PromptSchedule.validate_inputs).parameters)
+    assert params == ["text", "interpolation", "steps", "scheduler"]
+    assert ps.PromptSchedule.validate_inputs(scheduler="foo", steps=0).startswith("Prompt Schedule: scheduler: ")
+
+
 def test_prompts_are_remembered_per_clip_object_and_patch_state(ps):
     clip = FakeClip()
     ps.PromptSchedule.execute(clip, "0: a cat\n50%: a dog", "hold", 10, "normal")
