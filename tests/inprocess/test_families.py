@@ -108,12 +108,19 @@ def test_gradient_equals_float64_finite_differences(comfy_nodes, conds, family):
     assert (counts.forwards, counts.forwards_with_grad, counts.vjps) == (STEPS, STEPS, STEPS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_loss_halves_in_twenty_iterations(comfy_nodes, conds, family):
+def optimisation_problem(family, conds):
+    """(family, model, positive, negative, target): the target is a stock dpmpp_2m sample of
+    the same model from another noise, so it is reachable by changing the noise."""
     fam = family_or_skip(family)
     patcher = fam.build()
     positive, negative = conds(fam)
     target = stock_sample(patcher, fam, positive, negative, seeded((1, *fam.latent_shape), 21), "dpmpp_2m")
+    return fam, patcher, positive, negative, target
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_halves_in_twenty_iterations(comfy_nodes, conds, family):
+    fam, patcher, positive, negative, target = optimisation_problem(family, conds)
     out = adjoint_sampler(patcher, fam, positive, negative, target, iterations=20)
     report = out.ui["adjoint_guidance_loss"][0]
     assert report["best_loss"] <= 0.5 * report["losses"][0], (family, report["losses"])
@@ -145,10 +152,7 @@ def test_conditioning_schedule_covers_every_step_with_its_entry(comfy_nodes, con
 def test_optimised_noise_and_prompt_replay_in_stock_sampling(comfy_nodes, conds, family):
     import comfy.sample
     import comfy.samplers
-    fam = family_or_skip(family)
-    patcher = fam.build()
-    positive, negative = conds(fam)
-    target = stock_sample(patcher, fam, positive, negative, seeded((1, *fam.latent_shape), 21), "dpmpp_2m")
+    fam, patcher, positive, negative, target = optimisation_problem(family, conds)
     out = adjoint_sampler(patcher, fam, positive, negative, target)
     ours, noise, optimised_positive = out.result[0]["samples"], out.result[1]["samples"], out.result[2]
     # Noise From Latent + SamplerCustomAdvanced with the stock dpmpp_2m and the optimised prompt
@@ -160,10 +164,9 @@ def test_optimised_noise_and_prompt_replay_in_stock_sampling(comfy_nodes, conds,
     assert rel_max(replay, ours) <= 1e-5, f"{family}: replay {rel_max(replay, ours):.3g} off our sample"
     # prompt only: KSampler with the seed and the optimised prompt
     out = adjoint_sampler(patcher, fam, positive, negative, target, optimize="prompt")
-    import comfy.sample as cs
     with torch.inference_mode():
         latent = torch.zeros(1, *fam.latent_shape)
-        seed_noise = cs.prepare_noise(latent, 1)
+        seed_noise = comfy.sample.prepare_noise(latent, 1)
     replay = stock_sample(patcher, fam, out.result[2], negative, seed_noise, "dpmpp_2m")
     assert rel_max(replay, out.result[0]["samples"].float()) <= 1e-5, family
 
