@@ -1,9 +1,11 @@
 """Gradient methods: walk a recorded trajectory backwards, one VJP per backward step.
 
 Notation (adjoint-math.md §3): a = ∂L/∂x, J = ∂D/∂x, K = ∂D/∂(keyframes, θ). Every
-backward step costs one `DenoiserVJP` call: a network forward with grad at a stored
-point and one backward, after which that step's graph is freed. Nothing else is
-expensive and nothing else holds a graph.
+backward step costs one `DenoiserVJP` call: one backward through the graph of D at a
+stored point, after which that graph is freed. The graph is recomputed there (a network
+forward with grad), or was kept from the forward pass by `GraphKeeper` when a memory
+budget allows (memory.py): the same graph, so the same gradient, one forward fewer.
+Nothing else is expensive and nothing else holds a graph.
 
 - `ExactDiscreteAdjoint` ("exact", the default): the transpose of the step the forward
   solver actually took, x_{i+1} = A·x_i + B·D_i + C·D_{i−1} + E·ξ_i. The cotangent of D_i
@@ -33,6 +35,13 @@ expensive and nothing else holds a graph.
   always handled by its exact VJP (§3d); likewise the first step of a flow model that
   starts at σ = 1 (α = 0, λ = −∞).
 
+  Kept graphs (memory budget): a method names the forward steps whose evaluation
+  (x_i, σ_i, c_i) its backward differentiates (`graph_steps`); only those are kept. For
+  `exact` that is every step; for the continuous methods the points of their adjoint grid
+  that are evaluated with the step's own conditioning (not a switch's left limit), the
+  final step, and step 0 when it starts at α = 0. A kept graph is used once: the
+  continuous methods evaluate step N − 1 twice and recompute it the second time.
+
   Adjoint grid (M = adjoint_steps < N): the continuous methods step on a *subsequence*
   of the forward grid (every (N−1)/(M−1)-th stored point, rounded, always including the
   keyframe hard-switch steps), so the states they need are the stored forward states
@@ -55,11 +64,35 @@ import torch
 from .conditioning import ScheduledConditioning
 from .coords import Grid
 from .counting import CallCounts
+from .memory import GraphAllowance, measuring
 from .solvers import Denoiser, Solver, StepCallback, Trajectory
 
 
+def forward_with_grad(denoiser: Denoiser, grid: Grid, conditioning: ScheduledConditioning,
+                      leaves: Sequence[torch.Tensor], x: torch.Tensor, point: int, cond_step: int):
+    """D at grid point `point` with conditioning step `cond_step`, recording its graph (call
+    under grad mode): returns (D, the leaf x_in it was evaluated at)."""
+    x_in = x.detach().requires_grad_(True)
+    cond = conditioning.at(cond_step, grid.num_steps, leaves)
+    d = denoiser(x_in, grid.sigma_tensor(point, x_in), cond)
+    if isinstance(d, torch.Tensor) and not d.requires_grad:
+        raise RuntimeError(
+            "the denoiser's output does not depend on x, the conditioning or params through "
+            "autograd; is it running under torch.no_grad() or torch.inference_mode()?")
+    return d, x_in
+
+
+@dataclass
+class StepGraph:
+    """Forward step i's D_i with its autograd graph, kept for the backward pass."""
+    d: torch.Tensor
+    x_in: torch.Tensor
+
+
 class DenoiserVJP:
-    """One network forward with grad at a stored point and one VJP; the graph dies on return.
+    """One VJP through D at a stored point: through the graph kept from the forward pass
+    for that step, if there is one (it is used once, then freed), else through a network
+    forward with grad made here; the graph dies on return.
 
     Differentiates with respect to x, the keyframe leaves (through the blend of the step
     requested) and the extra parameters θ. Returns (Jᵀv, [Kᵀv per leaf, (∂D/∂θ)ᵀv per θ])
@@ -67,33 +100,82 @@ class DenoiserVJP:
     """
 
     def __init__(self, denoiser: Denoiser, grid: Grid, conditioning: ScheduledConditioning,
-                 leaves: Sequence[torch.Tensor], params: Sequence[torch.Tensor], counts: CallCounts):
+                 leaves: Sequence[torch.Tensor], params: Sequence[torch.Tensor], counts: CallCounts,
+                 kept: Optional[dict] = None):
         self.denoiser = denoiser
         self.grid = grid
         self.conditioning = conditioning
         self.leaves = list(leaves)
         self.params = list(params)
         self.counts = counts
+        self.kept = {} if kept is None else kept   # step → StepGraph, from GraphKeeper
 
     @property
     def num_inputs(self) -> int:
         return len(self.leaves) + len(self.params)
 
     def __call__(self, x: torch.Tensor, point: int, cond_step: int, cotangent: torch.Tensor):
+        kept = self.kept.pop(point, None) if cond_step == point else None
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            cond = self.conditioning.at(cond_step, self.grid.num_steps, self.leaves)
-            d = self.denoiser(x_in, self.grid.sigma_tensor(point, x_in), cond)
-            self.counts.forwards_with_grad += 1
-            if not d.requires_grad:
-                raise RuntimeError(
-                    "the denoiser's output does not depend on x, the conditioning or params through "
-                    "autograd; is it running under torch.no_grad() or torch.inference_mode()?")
+            if kept is None:
+                d, x_in = forward_with_grad(self.denoiser, self.grid, self.conditioning, self.leaves,
+                                            x, point, cond_step)
+                self.counts.forwards_with_grad += 1
+            else:
+                d, x_in = kept.d, kept.x_in
             grads = torch.autograd.grad(d, [x_in, *self.leaves, *self.params],
                                         grad_outputs=cotangent.to(d.dtype), allow_unused=True)
             self.counts.vjps += 1
         gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
         return gx, list(grads[1:])
+
+
+class GraphKeeper:
+    """The denoiser as `gradient`'s forward solve calls it: keeps graphs within the budget.
+
+    Step i (the solve calls steps in order) runs with grad when the backward will need its
+    graph (`steps`) and the allowance admits another graph: its conditioning is built again
+    from the keyframe leaves inside the graph, the graph is measured (memory.measuring) and
+    kept in `graphs` if it fits, and D_i comes back detached. Every other step is the plain
+    forward the solve asked for (all of them at budget 0). Counts what it runs: a step run
+    with grad is a forward with grad, kept or not.
+    """
+
+    def __init__(self, denoiser: Denoiser, grid: Grid, conditioning: ScheduledConditioning,
+                 leaves: Sequence[torch.Tensor], params: Sequence[torch.Tensor], counts: CallCounts,
+                 steps: frozenset, allowance: GraphAllowance):
+        self.denoiser = denoiser
+        self.grid = grid
+        self.conditioning = conditioning
+        self.leaves = list(leaves)
+        self.params = list(params)
+        self.counts = counts
+        self.steps = steps
+        self.allowance = allowance
+        self.graphs: dict[int, StepGraph] = {}
+        self.kept_steps: list[int] = []
+        self.next_step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond):
+        i = self.next_step
+        self.next_step += 1
+        if i in self.steps and self.allowance.admits_next():
+            return self.forward_kept(x, i)
+        self.counts.forwards += 1
+        return self.denoiser(x, sigma, cond)
+
+    def forward_kept(self, x: torch.Tensor, i: int):
+        with torch.enable_grad(), measuring(x.device, [x, *self.leaves, *self.params]) as meter:
+            d, x_in = forward_with_grad(self.denoiser, self.grid, self.conditioning, self.leaves, x, i, i)
+        self.counts.forwards_with_grad += 1
+        if not isinstance(d, torch.Tensor) or d.shape != x.shape:
+            return d                     # the solve names the denoiser's mistake
+        if meter.measurable and self.allowance.charge(meter.nbytes):
+            self.graphs[i] = StepGraph(d, x_in)
+            self.kept_steps.append(i)
+        else:
+            self.allowance.closed = True
+        return d.detach()
 
 
 class GradAccumulator:
@@ -141,6 +223,12 @@ class GradientMethod:
 
     def validate_adjoint_steps(self, num_steps: int, adjoint_steps: Optional[int]) -> None:
         """Raise ValueError before any network call if adjoint_steps cannot be honoured."""
+
+    def graph_steps(self, num_steps: int, adjoint_steps: Optional[int], switches: frozenset,
+                    first_point_degenerate: bool) -> frozenset:
+        """The forward steps i whose evaluation (x_i, σ_i, c_i) the backward differentiates:
+        the graphs worth keeping under a memory budget."""
+        return frozenset(range(num_steps))
 
     def backward(self, ctx: AdjointContext, a_final: torch.Tensor,
                  adjoint_steps: Optional[int] = None) -> torch.Tensor:
@@ -218,6 +306,16 @@ class _ContinuousAdjoint(GradientMethod):
 
     def validate_adjoint_steps(self, num_steps, adjoint_steps):
         adjoint_points(num_steps, adjoint_steps, frozenset(), False)
+
+    def graph_steps(self, num_steps, adjoint_steps, switches, first_point_degenerate):
+        points = adjoint_points(num_steps, adjoint_steps, switches, first_point_degenerate)
+        steps = {num_steps - 1}                      # the exact final denoise
+        for p, q in zip(points, points[1:]):
+            if p == 0 and first_point_degenerate:
+                steps.add(0)                         # the exact first step from α = 0
+            elif q not in switches:                  # at a switch: c's left limit, not c_q
+                steps.add(q)
+        return frozenset(steps)
 
     def backward(self, ctx, a_final, adjoint_steps=None):
         traj = ctx.trajectory

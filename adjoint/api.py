@@ -6,8 +6,10 @@ and conditioning that is a Tensor, a dict of Tensors (constant) or a
 `ScheduledConditioning` (keyframes + Timeline). dtype and device follow x_init.
 
 Both run outside inference mode and copy their inputs first, so ComfyUI's inference
-tensors (created under `torch.inference_mode()`) are accepted. `gradient` never keeps
-more than one step's autograd graph: the forward pass stores latents only.
+tensors (created under `torch.inference_mode()`) are accepted. With `memory_budget = 0`
+(the default) `gradient` never keeps more than one step's autograd graph: the forward
+pass stores latents only. With a budget it keeps the graphs of as many steps as fit
+(memory.py) and recomputes only the rest: the same gradient, fewer forwards.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .adjoints import AdjointContext, DenoiserVJP, GradAccumulator, get_method
+from .adjoints import AdjointContext, DenoiserVJP, GradAccumulator, GraphKeeper, get_method
 from .conditioning import ScheduledConditioning, as_scheduled
 from .checks import as_int, check_callable, check_finite, check_tensor, named, shape_str
 from .coords import AlphaSpec, Grid, _make_grid
 from .counting import CallCounts
+from .memory import MiB, GraphAllowance, budget_bytes
 from .solvers import (Denoiser, Solver, StepCallback, Trajectory, check_sde_noises,
                       draw_sde_noises, get_solver, solve)
 
@@ -43,6 +46,20 @@ class LossValue(float):
         return float(self)
 
 
+@dataclass(frozen=True)
+class KeptGraphs:
+    """What a memory budget did: budget_mb (resolved, "auto" included), the forward steps
+    whose graphs were kept (in order), and the measured graph size of every step run with
+    grad in the forward pass (kept or not), in MiB."""
+    budget_mb: float
+    steps: tuple
+    step_mb: tuple
+
+    @property
+    def kept_mb(self) -> float:
+        return sum(self.step_mb[:len(self.steps)])
+
+
 @dataclass
 class GradientResult:
     """Loss and gradients of the sample actually produced (or its continuous-adjoint estimate).
@@ -51,7 +68,7 @@ class GradientResult:
     per_sample_loss: the (B,) tensor loss_fn returned (detached), or None when loss_fn
     returned a scalar. grad_x_init has x_init's shape and dtype. grad_keyframes has the
     keyframes' structure, dtypes and devices (a Tensor, or a dict over their floating-point
-    tensors); grad_params follows `params`.
+    tensors); grad_params follows `params`. kept_graphs: what the memory budget kept.
     """
     loss: float
     per_sample_loss: Optional[torch.Tensor]
@@ -63,6 +80,7 @@ class GradientResult:
     trajectory: Trajectory
     method: str
     solver: str
+    kept_graphs: Optional[KeptGraphs] = None
 
     @property
     def grad_cond(self):
@@ -240,13 +258,18 @@ def gradient(denoiser: Denoiser, x_init: torch.Tensor, sigmas, cond, loss_fn: Lo
              adjoint_steps: Optional[int] = None, params: Sequence[torch.Tensor] = (),
              sde_noises: Optional[Sequence[torch.Tensor]] = None,
              generator: Optional[torch.Generator] = None,
-             step_callback: Optional[StepCallback] = None) -> GradientResult:
+             step_callback: Optional[StepCallback] = None, memory_budget=0) -> GradientResult:
     """Sample, evaluate loss_fn(x0), and return gradients w.r.t. x_init, keyframes and params.
 
     method: "exact" (default; the exact discrete adjoint of the solver that ran),
     "adjointdeis-1", "adjointdeis-2m" (ODE solvers) or "adjointdeis-sde" (SDE solver).
     adjoint_steps: backward steps M ≤ N for the continuous methods (default N).
-    Cost: N plain forwards, then one forward-with-grad + one VJP per backward step.
+    memory_budget: megabytes (MiB) of autograd graphs the forward pass may keep for the
+    backward, instead of recomputing them: 0 (default) keeps none, "auto" what the device
+    has free less a reserve (memory.auto_budget_bytes). The gradient is the same.
+    Cost: N forwards, then one VJP per backward step, each through a kept graph or a
+    recomputed one (a forward with grad): `exact` is N plain forwards + N forwards with
+    grad + N VJPs at budget 0 and N forwards with grad + N VJPs when every graph fits.
     step_callback(phase, done, total) runs after each "forward" and "backward" step and
     may raise (e.g. on user interrupt); the exception propagates and nothing is kept.
     Every argument is checked before the first network call; errors read
@@ -254,7 +277,7 @@ def gradient(denoiser: Denoiser, x_init: torch.Tensor, sigmas, cond, loss_fn: Lo
     """
     return _gradient("gradient", denoiser, x_init, sigmas, cond, loss_fn, alpha=alpha, solver=solver,
                      method=method, adjoint_steps=adjoint_steps, params=params, sde_noises=sde_noises,
-                     generator=generator, step_callback=step_callback)
+                     generator=generator, step_callback=step_callback, memory_budget=memory_budget)
 
 
 def _check_gradient_args(where, loss_fn, method, adjoint_steps, params, solver, num_steps,
@@ -278,35 +301,46 @@ def _check_gradient_args(where, loss_fn, method, adjoint_steps, params, solver, 
 
 
 def _gradient(where, denoiser, x_init, sigmas, cond, loss_fn, *, alpha, solver, method, adjoint_steps,
-              params, sde_noises, generator, step_callback, checked=False) -> GradientResult:
+              params, sde_noises, generator, step_callback, checked=False, memory_budget=0) -> GradientResult:
     with torch.inference_mode(False):
         prob = _prepare(where, denoiser, x_init, sigmas, cond, alpha, solver, sde_noises, generator,
                         step_callback, checked=checked)
         method_obj, params = _check_gradient_args(where, loss_fn, method, adjoint_steps, params,
                                                   prob.solver, prob.grid.num_steps)
+        with named(where):
+            budget = budget_bytes(memory_budget, prob.x_init.device)
+        grid, conditioning = prob.grid, prob.conditioning
         counts = CallCounts()
         with _params_requiring_grad(params):
-            with torch.no_grad():
-                traj = solve(prob.denoiser, prob.x_init, prob.grid, prob.solver, prob.conditioning,
-                             leaves=prob.leaves, sde_noises=prob.sde_noises, counts=counts,
-                             step_callback=step_callback)
-            traj.counts = counts.copy()   # the forward's own cost; `counts` goes on counting
-            loss, per_sample, a_final, loss_param_grads = _loss_and_cotangent(where, loss_fn, traj.x0, params)
             leaves = [l.requires_grad_(True) for l in prob.leaves]
-            vjp = DenoiserVJP(prob.denoiser, prob.grid, prob.conditioning, leaves, params, counts)
-            grads = GradAccumulator(vjp.num_inputs)
-            ctx = AdjointContext(traj, vjp, grads, step_callback)
-            grad_x = method_obj.backward(ctx, a_final, adjoint_steps)
+            steps = method_obj.graph_steps(grid.num_steps, adjoint_steps, conditioning.switch_steps(grid.num_steps),
+                                           grid.alphas[0] == 0.0)
+            keeper = GraphKeeper(prob.denoiser, grid, conditioning, leaves, params, counts, steps,
+                                 GraphAllowance(budget))
+            try:
+                with torch.no_grad():
+                    traj = solve(keeper, prob.x_init, grid, prob.solver, conditioning, leaves=leaves,
+                                 sde_noises=prob.sde_noises, counts=CallCounts(), step_callback=step_callback)
+                traj.counts = counts.copy()   # the forward's own cost; `counts` goes on counting
+                loss, per_sample, a_final, loss_param_grads = _loss_and_cotangent(where, loss_fn, traj.x0, params)
+                vjp = DenoiserVJP(prob.denoiser, grid, conditioning, leaves, params, counts, kept=keeper.graphs)
+                grads = GradAccumulator(vjp.num_inputs)
+                ctx = AdjointContext(traj, vjp, grads, step_callback)
+                grad_x = method_obj.backward(ctx, a_final, adjoint_steps)
+            finally:
+                keeper.graphs.clear()     # graphs the backward did not use (or an error) die here
         grads.add([None] * len(leaves) + loss_param_grads)
         flat = [torch.zeros_like(t) if g is None else g.detach()
                 for g, t in zip(grads.values, [*leaves, *params])]
         # keyframe gradients in the keyframes' own dtypes (their copies ran in x_init's dtype)
-        grad_leaves = [g.to(dtype=orig.dtype) for g, orig in zip(flat[:len(leaves)], prob.conditioning.leaves())]
+        grad_leaves = [g.to(dtype=orig.dtype) for g, orig in zip(flat[:len(leaves)], conditioning.leaves())]
         grad_params = tuple(flat[len(leaves):])
         for l in leaves:
             l.requires_grad_(False)
+    kept = KeptGraphs(budget_mb=budget / MiB, steps=tuple(keeper.kept_steps),
+                      step_mb=tuple(b / MiB for b in keeper.allowance.measured))
     return GradientResult(loss=loss, per_sample_loss=per_sample, x0=traj.x0.detach(),
                           grad_x_init=grad_x.detach(),
-                          grad_keyframes=prob.conditioning.unflatten(grad_leaves),
+                          grad_keyframes=conditioning.unflatten(grad_leaves),
                           grad_params=grad_params, counts=counts, trajectory=traj,
-                          method=method_obj.name, solver=prob.solver.name)
+                          method=method_obj.name, solver=prob.solver.name, kept_graphs=kept)

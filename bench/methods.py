@@ -5,7 +5,10 @@ only) the core's own call counts. Network calls are counted independently at D
 (workload.NetCounter).
 
 ours      `adjoint.gradient(..., solver="dpmpp_2m", method=...)`: exact, adjointdeis-1,
-          adjointdeis-2m, the latter two also with M = ⌈N/2⌉ adjoint steps.
+          adjointdeis-2m, the latter two also with M = ⌈N/2⌉ adjoint steps; exact also
+          with a memory budget (`memory_budget=`: the graphs of k of the N steps kept).
+plain     one sampling pass, `adjoint.sample`: N network forwards without a graph (the
+          unit of the budget rows' "× plain pass").
 naive     torch autograd through the whole sampling loop: `adjoint.solvers.solve` (the same
           DPM-Solver++(2M) steps) run with grad, then one backward.
 checkpoint the same loop with every network call wrapped in
@@ -44,19 +47,35 @@ class Grad:
     grad_x: torch.Tensor
     grad_kf: list
     core_counts: Optional[dict] = None
+    kept_steps: Optional[int] = None       # graphs kept from the forward pass (ours, with a budget)
 
 
 def adjoint_steps_half(n: int) -> int:
     return max(2, math.ceil(n / 2))
 
 
-def ours(wl, prob, method: str, half: bool = False, solver: str = "dpmpp_2m") -> Grad:
+def ours(wl, prob, method: str, half: bool = False, solver: str = "dpmpp_2m", memory_budget=0) -> Grad:
     m = adjoint_steps_half(prob.num_steps) if half else None
     res = adjoint.gradient(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule, prob.loss_fn,
-                           solver=solver, method=method, adjoint_steps=m)
+                           solver=solver, method=method, adjoint_steps=m, memory_budget=memory_budget)
     c = res.counts
     return Grad(float(res.loss), res.grad_x_init, list(res.grad_keyframes),
-                {"forwards": c.forwards, "forwards_with_grad": c.forwards_with_grad, "vjps": c.vjps})
+                {"forwards": c.forwards, "forwards_with_grad": c.forwards_with_grad, "vjps": c.vjps},
+                kept_steps=len(res.kept_graphs.steps))
+
+
+def step_graph_mb(wl, prob) -> float:
+    """One step's graph as the core measures it (the largest of a call keeping them all)."""
+    res = adjoint.gradient(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule, prob.loss_fn,
+                           memory_budget=1e9)
+    return max(res.kept_graphs.step_mb)
+
+
+def plain_pass(wl, prob) -> Grad:
+    """One sampling pass: N forwards, no graph, no gradient."""
+    traj = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule)
+    return Grad(float(prob.loss_fn(traj.x0).sum()), torch.zeros_like(prob.x_init),
+                [torch.zeros(1)], {"forwards": traj.counts.forwards, "forwards_with_grad": 0, "vjps": 0})
 
 
 def _autograd_through_loop(wl, prob, denoiser, solver="dpmpp_2m") -> Grad:

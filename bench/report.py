@@ -372,3 +372,129 @@ def plot(results: list[dict], path: str, title: str):
             pd.line(list(zip(c["time_s"], c["loss"])), COLORS.get(name, (0, 0, 0)), marker=True, width=2)
         pd.legend(list(curves), "tr")
     img.save(path)
+
+
+# ----- the memory budget and the batch rows ---------------------------------------------------
+
+BUDGET_ORDER = ["plain pass", "floor", "naive autograd", "exact budget 0", "exact budget N/4", "exact budget N/2",
+                "exact budget N"]
+BUDGET_HEADER = ["row", "N", "budget MB", "graphs kept", "CPU s", "median CPU s", "×floor", "×naive",
+                 "×plain pass", "peak MB", "fwd", "fwd+grad", "VJP", "err vs budget 0 (x_T / kf)"]
+
+
+def budget_rows(results: list[dict]) -> list[dict]:
+    """The budget jobs' rows with their ratios. Time is CPU time (the process's own: one
+    thread, so it does not count the waits for a core on this shared machine) of the
+    fastest call of each row, the least disturbed by the other processes; the medians'
+    ratios are kept as x_*_median."""
+    out = []
+    for res in results:
+        if res.get("kind") != "budget":
+            continue
+        by = {(r["method"], r["N"]): r for r in res["rows"]}
+        for n in sorted({r["N"] for r in res["rows"]}):
+            peak0 = by[("exact budget 0", n)]["peak_mb"]
+            for m in BUDGET_ORDER:
+                r = {**by[(m, n)], "workload": res["workload"]["name"], "fastest_cpu_s": min(by[(m, n)]["cpu_s"])}
+                for key, unit in (("x_floor", "floor"), ("x_naive", "naive autograd"), ("x_plain", "plain pass")):
+                    r[key] = r["fastest_cpu_s"] / min(by[(unit, n)]["cpu_s"])
+                    r[key + "_median"] = r["median_cpu_s"] / by[(unit, n)]["median_cpu_s"]
+                r["peak_bound_mb"] = None if r.get("budget_mb") is None else r["budget_mb"] + peak0
+                out.append(r)
+    return out
+
+
+def _budget_cells(r: dict) -> list[str]:
+    c = r.get("net_counts") or {}
+    return [r["method"], str(r["N"]), _fmt_num(r.get("budget_mb"), ".1f"),
+            "—" if r.get("kept_steps") is None else str(r["kept_steps"]),
+            f"{r['fastest_cpu_s']:.3f}" + ("" if r.get("reps", 5) >= 5 else f" ({r['reps']}×)"),
+            f"{r['median_cpu_s']:.3f}", _fmt_num(r["x_floor"], ".2f"), _fmt_num(r["x_naive"], ".2f"),
+            _fmt_num(r["x_plain"], ".2f"), _fmt_num(r.get("peak_mb"), ".1f"),
+            str(c.get("forwards", "—")), str(c.get("forwards_with_grad", "—")), str(c.get("vjps", "—")),
+            _fmt_err(r.get("err_vs_budget_0"))]
+
+
+def budget_text_table(rows: list[dict]) -> str:
+    cells = [BUDGET_HEADER] + [_budget_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(BUDGET_HEADER))]
+    lines = []
+    for k, c in enumerate(cells):
+        if k > 1 and rows[k - 1]["N"] != rows[k - 2]["N"]:
+            lines.append("")
+        lines.append("  ".join(s.ljust(w) if i in (0, 13) else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))))
+        if k == 0:
+            lines.append("-" * len(lines[-1]))
+    return "\n".join(lines)
+
+
+def budget_markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(BUDGET_HEADER) + " |", "|" + "---|" * len(BUDGET_HEADER)]
+    for r in rows:
+        c = _budget_cells(r)
+        if r["method"].startswith("exact"):
+            c[0] = f"**{c[0]}**"
+        lines.append("| " + " | ".join(c) + " |")
+    return "\n".join(lines)
+
+
+def budget_targets(results: list[dict]) -> dict:
+    """The issue's targets for the memory budget, on the budget job's rows."""
+    rows = budget_rows(results)
+    out = {"workload": rows[0]["workload"] if rows else "—", "checks": []}
+    if not rows:
+        return out
+    by = {(r["method"], r["N"]): r for r in rows}
+    ns = sorted({r["N"] for r in rows})
+
+    def add(name, met, detail, numbers):
+        out["checks"].append({"target": name, "met": bool(met), "detail": detail, "numbers": numbers})
+
+    full = {n: by[("exact budget N", n)]["x_naive"] for n in ns}
+    add("full budget (every step's graph kept) ≤ 1.05 × naive autograd's time", all(v <= 1.05 for v in full.values()),
+        ", ".join(f"N={n}: ×{v:.3f}" for n, v in full.items()) + " (medians: " + ", ".join(
+            f"×{by[('exact budget N', n)]['x_naive_median']:.3f}" for n in ns) + ")",
+        {"fastest": full, "median": {n: by[("exact budget N", n)]["x_naive_median"] for n in ns}})
+    budgeted = [r for r in rows if r.get("peak_bound_mb") is not None and r["method"] != "exact budget 0"]
+    add("each budget's peak ≤ the budget + the budget-0 peak", all(r["peak_mb"] <= r["peak_bound_mb"] for r in budgeted),
+        ", ".join(f"N={r['N']} {r['method'].split()[-1]}: {r['peak_mb']:.1f} ≤ {r['peak_bound_mb']:.1f} MB"
+                  for r in budgeted),
+        {f"{r['method']} N={r['N']}": [r["peak_mb"], r["peak_bound_mb"]] for r in budgeted})
+    errs = [max(r["err_vs_budget_0"]["x"], r["err_vs_budget_0"]["kf"]) for r in rows
+            if r["method"].startswith("exact") and r.get("err_vs_budget_0")]
+    add("gradients identical to budget 0 to round-off (≤ 1e-6 relative, float32)", max(errs) <= 1e-6,
+        f"largest relative difference {max(errs):.1e}", {"max_rel_err": max(errs)})
+    limits = {"exact budget N": 3.0, "exact budget 0": 4.0}
+    parts, met = [], True
+    for m, limit in limits.items():
+        for n in ns:
+            v = by[(m, n)]["x_plain"]
+            met &= v <= 1.1 * limit
+            parts.append(f"budget {m.split()[-1]} N={n}: {v:.2f} plain passes (median {by[(m, n)]['x_plain_median']:.2f}; "
+                         f"limit {limit:.0f})")
+    add("iteration time within 1.1 × its limit: ~3 plain passes with every graph kept, ~4 with memory flat in N",
+        met, ", ".join(parts), {f"{m} N={n}": by[(m, n)]["x_plain"] for m in limits for n in ns})
+    bad = []
+    for r in rows:
+        if not r["method"].startswith("exact"):
+            continue
+        k, n = r["kept_steps"], r["N"]
+        want = {"forwards": n - k, "forwards_with_grad": n, "vjps": n}
+        if r.get("core_counts") != want or r.get("net_counts") != want:
+            bad.append((r["method"], n, r.get("core_counts"), r.get("net_counts")))
+    add("counted cost with k graphs kept = (N − k) plain forwards, N forwards with grad, N VJPs", not bad,
+        "core and network-level counts agree at every budget and N" if not bad else f"mismatch: {bad}", {})
+    return out
+
+
+def batch_text(results: list[dict]) -> str:
+    res = next((r for r in results if r.get("kind") == "batch"), None)
+    if res is None:
+        return ""
+    a, b = res["rows"]
+    fastest = min(a["cpu_s"]) / min(b["cpu_s"])
+    return (f"{a['run']} vs {b['run']} (per_sample=True, N = {res['N']}, {res['iterations']} iterations, the same "
+            f"total work): time ratio {fastest:.2f} (CPU time of the fastest of {len(a['cpu_s'])} calls each: "
+            f"{min(a['cpu_s']):.2f} s vs {min(b['cpu_s']):.2f} s; medians: CPU {res['cpu_time_ratio']:.2f}, wall "
+            f"{res['time_ratio']:.2f}); peak {a['peak_mb']:.1f} vs {b['peak_mb']:.1f} MB; losses agree to "
+            f"{res['max_rel_loss_difference']:.1e}")

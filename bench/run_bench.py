@@ -1,6 +1,6 @@
 """Benchmarks: cost, memory and accuracy of our gradients against the methods peers use.
 
-    python3 bench/run_bench.py [--quick] [--out bench/results] [--threads 1]
+    python3 bench/run_bench.py [--quick] [--out bench/results] [--threads 1] [--only LABEL,...]
 
 Sets up the test host if it is missing (scripts/host/setup_host.py), re-runs itself under
 the host venv (.host/venv: torch CPU + ComfyUI 0.3.75), installs the benchmark's own
@@ -17,8 +17,13 @@ copies bench.json and bench.png to bench/ (committed; the README embeds bench/be
 
 Jobs (CPU): the main workload (UNet width 32, 16² latent) at N = 5, 10, 20, 50 with every
 method; widths 64 and 128 (16² latent) at N = 5 with exact / naive / checkpoint / floor;
-the guidance loops. On a CUDA machine the same rows also run on a
-full-width SD1.5 UNet at 64² latents.
+the guidance loops; the memory budget (exact keeping the graphs of 0, N/4, N/2, N steps,
+beside naive autograd, the floor and one plain sampling pass, N = 20 and 50); a batch of 4
+optimised per sample against four batch-1 runs. On a CUDA machine the same rows also run
+on a full-width SD1.5 UNet at 64² latents.
+
+--only runs the jobs with those labels and merges them into the published bench/bench.json
+(replacing the jobs of the same label; every job records when and under what load it ran).
 """
 from __future__ import annotations
 
@@ -75,6 +80,10 @@ def jobs(quick: bool, device: str):
              "methods": ALL, "ref_N": 20, "device": device, "label": "main (quick)"},
             {"kind": "guidance", "width": "w32", "latent": 16, "N": 5, "iterations": 3,
              "methods": ["exact", "adjointdeis-1", "greedy"], "device": device, "label": "guidance (quick)"},
+            {"kind": "budget", "width": "w32", "latent": 16, "Ns": [8], "reps": {"8": 2}, "device": device,
+             "label": "memory budget (quick)"},
+            {"kind": "batch", "width": "w32", "latent": 16, "N": 5, "iterations": 2, "batch": 4, "reps": 1,
+             "device": device, "label": "batch (quick)"},
         ]
     if device == "cuda":
         return [
@@ -94,6 +103,10 @@ def jobs(quick: bool, device: str):
          "methods": SUBSET, "ref_N": None, "device": device, "label": "width 128"},
         {"kind": "guidance", "width": "w32", "latent": 16, "N": 10, "iterations": 30,
          "methods": ["exact", "adjointdeis-1", "greedy"], "device": device, "label": "guidance"},
+        {"kind": "budget", "width": "w32", "latent": 16, "Ns": [20, 50], "reps": {"20": 7, "50": 3},
+         "device": device, "label": "memory budget"},
+        {"kind": "batch", "width": "w32", "latent": 16, "N": 10, "iterations": 3, "batch": 4, "reps": 3,
+         "device": device, "label": "batch"},
     ]
 
 
@@ -113,6 +126,7 @@ def run_job(spec: dict, workdir: Path, threads: int) -> dict:
                    check=True, env=env, cwd=REPO)
     res = json.loads(out_path.read_text())
     res["label"] = spec["label"]
+    res["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["wall_s"] = time.time() - t0
     res["loadavg_before"] = load_before
     res["loadavg_after"] = os.getloadavg()
@@ -150,6 +164,9 @@ def main(argv=None):
                     help="do not copy bench.json / bench.png to bench/ after a full run")
     ap.add_argument("--report", type=Path, metavar="BENCH_JSON",
                     help="measure nothing: rebuild the table, targets and plot from a saved bench.json")
+    ap.add_argument("--only", metavar="LABELS",
+                    help="run only the jobs with these labels (comma-separated, e.g. 'memory budget,batch') and "
+                         "merge them into bench/bench.json's jobs")
     args = ap.parse_args(argv)
     t_start = time.time()
     sys.path.insert(0, str(HERE))
@@ -163,6 +180,7 @@ def main(argv=None):
         threads = summary["machine"]["torch_threads"]
         cpu_results = [r for r in results if r["workload"]["device"] == "cpu"]
         summary["targets"] = tgt = report.targets(cpu_results)
+        summary["budget_targets"] = report.budget_targets(cpu_results)
         rows = report.table_rows(cpu_results)
         total = summary["total_s"]
         args.quick = summary["quick"]
@@ -178,14 +196,27 @@ def main(argv=None):
         print(f"[bench] load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
               f"OMP_NUM_THREADS={threads}", flush=True)
 
+        selected = jobs(args.quick, "cpu")
+        if args.only:
+            labels = {label.strip() for label in args.only.split(",")}
+            unknown = labels - {spec["label"] for spec in selected}
+            if unknown:
+                ap.error(f"--only: no job labelled {', '.join(sorted(unknown))}; labels: "
+                         + ", ".join(spec["label"] for spec in selected))
+            selected = [spec for spec in selected if spec["label"] in labels]
         results = []
-        for spec in jobs(args.quick, "cpu"):
+        for spec in selected:
             results.append(run_job(spec, work, threads))
+        if args.only:
+            earlier = json.loads((HERE / "bench.json").read_text())["jobs"]
+            measured = {r["label"]: r for r in results}
+            results = [measured.pop(r["label"], r) for r in earlier] + list(measured.values())
         gpu = {"available": torch.cuda.is_available()}
         if torch.cuda.is_available():
             gpu["name"] = torch.cuda.get_device_name(0)
             for spec in jobs(args.quick, "cuda"):
-                results.append(run_job(spec, work, threads))
+                if not args.only or spec["label"] in args.only.split(","):
+                    results.append(run_job(spec, work, threads))
         else:
             gpu["note"] = ("No GPU was available to this run (torch.cuda.is_available() is False); the GPU rows "
                            "(full-width SD1.5 UNet at 64² latents) were not measured.")
@@ -195,13 +226,18 @@ def main(argv=None):
         tgt = report.targets(cpu_results)
         total = time.time() - t_start
         summary = {
-            "command": "python3 bench/run_bench.py" + (" --quick" if args.quick else ""),
+            "command": "python3 bench/run_bench.py" + (" --quick" if args.quick else "")
+                       + (f" --only '{args.only}'" if args.only else ""),
             "quick": args.quick, "total_s": total, "machine": machine_info(threads),
             "torchdiffeq": torchdiffeq.__version__, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-            "gpu": gpu, "targets": tgt, "jobs": results,
+            "gpu": gpu, "targets": tgt, "budget_targets": report.budget_targets(cpu_results), "jobs": results,
         }
     (out / "bench.json").write_text(json.dumps(summary, indent=1))
-    (out / "table.md").write_text(report.markdown_table(rows) + "\n\n" + report.targets_text(tgt) + "\n")
+    budget_rows = report.budget_rows(cpu_results)
+    (out / "table.md").write_text(report.markdown_table(rows) + "\n\n" + report.targets_text(tgt) + "\n\n"
+                                  + report.budget_markdown_table(budget_rows) + "\n\n"
+                                  + report.targets_text(summary["budget_targets"]) + "\n\n"
+                                  + report.batch_text(cpu_results) + "\n")
     title = (f"Adjoint Guidance gradients vs peers: ComfyUI SD1.5 UNet class, random weights, CFG 7, float32, "
              f"CPU ({summary['machine']['cpu'] or 'cpu'}, {threads} thread)")
     report.plot(results, str(out / "bench.png"), title)
@@ -227,6 +263,15 @@ def main(argv=None):
                       f"loss at {t_eq:.1f} s: {c['loss_at_equal_time']:.3f}; network calls {c['net_counts']}")
     print()
     print(report.targets_text(tgt))
+    if budget_rows:
+        print()
+        print("Memory budget (exact keeping k of N steps' graphs; ratios of the fastest call's CPU time):")
+        print(report.budget_text_table(budget_rows))
+        print()
+        print(report.targets_text(summary["budget_targets"]))
+    if report.batch_text(cpu_results):
+        print()
+        print(report.batch_text(cpu_results))
     print()
     print(f"GPU: {gpu.get('note') or gpu.get('name')}")
     load1 = summary["loadavg_end"]

@@ -3,7 +3,10 @@
     python bench/worker.py SPEC.json OUT.json
 
 SPEC "kind": "table" times the gradient methods on one workload (width × latent) at the
-given step counts and computes their accuracy; "guidance" runs the optimisation loops.
+given step counts and computes their accuracy; "guidance" runs the optimisation loops;
+"budget" times exact with memory budgets of 0, N/4, N/2 and N steps' graphs beside naive
+autograd, the floor and one plain sampling pass; "batch" times one per-sample optimisation
+of a batch against one-by-one runs of its samples.
 
 Timing: time.perf_counter around one complete gradient (sampling pass included), after
 one untimed warm-up call of every method on this workload. Repetitions are interleaved
@@ -178,6 +181,75 @@ def kf_cat(grads) -> torch.Tensor:
     return torch.cat([g.detach().flatten().double() for g in grads])
 
 
+def measure_call(wl, probe: MemoryProbe, call, keep: bool) -> dict:
+    """One measured call of call() -> methods.Grad: time, peak memory, network calls (and
+    the gradient if keep)."""
+    device = probe.device
+    probe.start()
+    wl.counter.reset()
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        g = call()
+    except torch.OutOfMemoryError as e:     # e.g. naive autograd at large N on a GPU
+        if device != "cpu":
+            torch.cuda.empty_cache()
+        return {"failed": f"out of memory: {str(e).splitlines()[0]}"}
+    _sync(device)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"time_s": dt, "cpu_s": cpu, "peak_mb": probe.stop(), "net_counts": wl.counter.snapshot(),
+           "core_counts": g.core_counts, "loss": g.loss, "kept_steps": g.kept_steps}
+    if keep:
+        out["grads"] = (g.grad_x.detach().cpu().double(), kf_cat(g.grad_kf))
+    return out
+
+
+def forked_for(device: str):
+    """A Forked runner with the warmed-up process's file pages snapshotted (CPU), or None."""
+    if device != "cpu":
+        return None
+    fork = Forked()
+    gc.collect()
+    if _libc:
+        _libc.malloc_trim(0)
+    fork.snapshot_file_pages()
+    return fork
+
+
+def measure_interleaved(name: str, ns, reps: dict, method_names: list, measure, fork, single=(), t_start=0.0):
+    """Every method at every N, repetitions interleaved (rep 0 of every method, then rep 1,
+    ..., the order rotated each rep), each call in a fresh fork. Returns the rows (times,
+    peaks, counts from the first call) and the first call's gradients."""
+    rows = {(m, n): {"method": m, "N": n, "times_s": [], "cpu_s": [], "peak_mb_runs": []}
+            for n in ns for m in method_names}
+    grads = {}
+    for n in ns:
+        for rep in range(reps[n]):
+            k = rep % len(method_names)
+            order = method_names[k:] + method_names[:k]
+            for m in order:
+                row = rows[(m, n)]
+                if (rep > 0 and m in single) or row.get("failed"):
+                    continue
+                keep = rep == 0
+                res = fork(lambda: measure(m, n, keep)) if fork else measure(m, n, keep)
+                if "failed" in res:
+                    row["failed"] = res["failed"]
+                    continue
+                if keep:
+                    row.update(net_counts=res["net_counts"], core_counts=res["core_counts"], loss=res["loss"],
+                               kept_steps=res.get("kept_steps"))
+                    grads[(m, n)] = res["grads"]
+                elif res["net_counts"] != row["net_counts"]:
+                    raise RuntimeError(f"{m} N={n}: network calls changed between repetitions")
+                row["times_s"].append(res["time_s"])
+                row["cpu_s"].append(res["cpu_s"])
+                row["peak_mb_runs"].append(res["peak_mb"])
+            print(f"  [{name}] N={n} rep {rep + 1}/{reps[n]} done "
+                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+    return rows, grads
+
+
 def run_table(spec: dict) -> dict:
     device = spec.get("device", "cpu")
     wl = workload.build_workload(spec["width"], spec["latent"], device)
@@ -195,58 +267,12 @@ def run_table(spec: dict) -> dict:
         methods.run_method(wl, probs[warm_n], m)
     _sync(device)
 
-    fork = Forked() if device == "cpu" else None
-    if fork is not None:
-        gc.collect()
-        if _libc:
-            _libc.malloc_trim(0)
-        fork.snapshot_file_pages()
+    fork = forked_for(device)
 
-    def measure(m, prob, keep):
-        """One measured call: time, peak memory, network calls (and the gradient if keep)."""
-        probe.start()
-        wl.counter.reset()
-        _sync(device)
-        t0 = time.perf_counter()
-        try:
-            g = methods.run_method(wl, prob, m)
-        except torch.OutOfMemoryError as e:     # e.g. naive autograd at large N on a GPU
-            if device != "cpu":
-                torch.cuda.empty_cache()
-            return {"failed": f"out of memory: {str(e).splitlines()[0]}"}
-        _sync(device)
-        dt = time.perf_counter() - t0
-        out = {"time_s": dt, "peak_mb": probe.stop(), "net_counts": wl.counter.snapshot(),
-               "core_counts": g.core_counts, "loss": g.loss}
-        if keep:
-            out["grads"] = (g.grad_x.detach().cpu().double(), kf_cat(g.grad_kf))
-        return out
+    def measure(m, n, keep):
+        return measure_call(wl, probe, lambda: methods.run_method(wl, probs[n], m), keep)
 
-    rows = {(m, n): {"method": m, "N": n, "times_s": [], "peak_mb_runs": []} for n in ns for m in method_names}
-    grads = {}
-    for n in ns:
-        prob = probs[n]
-        for rep in range(reps[n]):
-            k = rep % len(method_names)
-            order = method_names[k:] + method_names[:k]
-            for m in order:
-                row = rows[(m, n)]
-                if (rep > 0 and m in single) or row.get("failed"):
-                    continue
-                keep = rep == 0
-                res = fork(lambda: measure(m, prob, keep)) if fork else measure(m, prob, keep)
-                if "failed" in res:
-                    row["failed"] = res["failed"]
-                    continue
-                if keep:
-                    row.update(net_counts=res["net_counts"], core_counts=res["core_counts"], loss=res["loss"])
-                    grads[(m, n)] = res["grads"]
-                elif res["net_counts"] != row["net_counts"]:
-                    raise RuntimeError(f"{m} N={n}: network calls changed between repetitions")
-                row["times_s"].append(res["time_s"])
-                row["peak_mb_runs"].append(res["peak_mb"])
-            print(f"  [{wl.name}] N={n} rep {rep + 1}/{reps[n]} done "
-                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+    rows, grads = measure_interleaved(wl.name, ns, reps, method_names, measure, fork, single, t_start)
 
     # references: exact (2M) at the same N is the "exact" row itself; exact of DPM-Solver++(1)
     # (the sampler odeint's Euler steps reproduce); exact (2M) at ref_N ≈ the continuous problem.
@@ -299,6 +325,117 @@ def run_table(spec: dict) -> dict:
         out_rows.append(row)
     return {"kind": "table", "workload": workload.describe(wl), "rows": out_rows, "refs": ref_info,
             "memory_reset_ok": probe.reset_ok, "elapsed_s": time.perf_counter() - t_start}
+
+
+# The memory-budget rows: exact with the graphs of 0, N/4, N/2 and all N steps kept, side by
+# side with naive autograd, the floor and one plain sampling pass of the same N.
+BUDGET_FRACTIONS = {"exact budget 0": 0.0, "exact budget N/4": 0.25, "exact budget N/2": 0.5,
+                    "exact budget N": 1.0}
+BUDGET_ROWS = ["plain pass", "floor", "naive autograd", *BUDGET_FRACTIONS]
+
+
+def budget_mb(fraction: float, n: int, step_mb: float) -> float:
+    """The budget of the row: k = round(fraction·N) steps' graphs, plus half a graph of slack
+    (k + 0.5 graphs hold exactly k), 0 for budget 0."""
+    k = round(fraction * n)
+    return 0.0 if k == 0 else (k + 0.5) * step_mb
+
+
+def run_budget(spec: dict) -> dict:
+    device = spec.get("device", "cpu")
+    wl = workload.build_workload(spec["width"], spec["latent"], device)
+    ns = spec["Ns"]
+    reps = {int(k): v for k, v in spec["reps"].items()}
+    probe = MemoryProbe(device)
+    probs = {n: workload.make_problem(wl, n) for n in ns}
+    t_start = time.perf_counter()
+    step_mb = {n: methods.step_graph_mb(wl, probs[n]) for n in ns}      # (also a warm-up)
+    budgets = {(m, n): budget_mb(f, n, step_mb[n]) for m, f in BUDGET_FRACTIONS.items() for n in ns}
+
+    def call(m, n):
+        if m == "plain pass":
+            return methods.plain_pass(wl, probs[n])
+        if m in BUDGET_FRACTIONS:
+            return methods.ours(wl, probs[n], "exact", memory_budget=budgets[(m, n)])
+        return methods.run_method(wl, probs[n], m)
+
+    for m in BUDGET_ROWS:           # warm-up: one untimed call of every row
+        call(m, min(ns))
+    _sync(device)
+    fork = forked_for(device)
+    rows, grads = measure_interleaved(wl.name + " budget", ns, reps, BUDGET_ROWS,
+                                      lambda m, n, keep: measure_call(wl, probe, lambda: call(m, n), keep),
+                                      fork, (), t_start)
+    out_rows = []
+    for (m, n), row in rows.items():
+        row["median_s"] = statistics.median(row["times_s"])
+        row["median_cpu_s"] = statistics.median(row["cpu_s"])
+        row["peak_mb"] = statistics.median(row["peak_mb_runs"])
+        row["reps"] = len(row["times_s"])
+        row["budget_mb"] = budgets.get((m, n))
+        row["step_graph_mb"] = step_mb[n]
+        if m in BUDGET_FRACTIONS or m == "naive autograd":
+            gx, gk = grads[(m, n)]
+            ex, ek = grads[("exact budget 0", n)]
+            row["err_vs_budget_0"] = {"x": rel_err(gx, ex), "kf": rel_err(gk, ek)}
+        out_rows.append(row)
+    return {"kind": "budget", "workload": workload.describe(wl), "rows": out_rows,
+            "memory_reset_ok": probe.reset_ok, "elapsed_s": time.perf_counter() - t_start}
+
+
+def run_batch(spec: dict) -> dict:
+    """One optimisation of a batch of B samples (per_sample=True: each its own Adam) against
+    B batch-1 runs of the same samples: the same total work, wall time and peak memory."""
+    import adjoint
+    device = spec.get("device", "cpu")
+    wl = workload.build_workload(spec["width"], spec["latent"], device)
+    b, n, iters, reps = spec["batch"], spec["N"], spec["iterations"], spec["reps"]
+    prob = workload.make_problem(wl, n)
+    noise = torch.randn((b, 4, wl.latent, wl.latent), generator=torch.Generator().manual_seed(11)).to(device)
+    opts = dict(iterations=iters, lr=0.05, renormalize_noise=True, per_sample=True)
+
+    def batched():
+        return adjoint.optimize(wl.denoiser, noise, prob.sigmas, prob.schedule, prob.loss_fn, **opts).losses
+
+    def one_by_one():
+        runs = [adjoint.optimize(wl.denoiser, noise[i:i + 1], prob.sigmas, prob.schedule, prob.loss_fn, **opts)
+                for i in range(b)]
+        return [sum(r.losses[k] for r in runs) for k in range(len(runs[0].losses))]
+
+    calls = {f"batch {b}": batched, f"{b} × batch 1": one_by_one}
+    for fn in calls.values():       # warm-up
+        fn()
+    fork = forked_for(device)
+    probe = MemoryProbe(device)
+    t_start = time.perf_counter()
+
+    def measure(fn):
+        probe.start()
+        wl.counter.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
+        losses = fn()
+        return {"time_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                "peak_mb": probe.stop(), "losses": losses, "net_counts": wl.counter.snapshot()}
+
+    rows = {name: {"run": name, "times_s": [], "cpu_s": [], "peak_mb_runs": []} for name in calls}
+    for rep in range(reps):
+        order = list(calls) if rep % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            res = fork(lambda: measure(calls[name])) if fork else measure(calls[name])
+            for key, runs in (("time_s", "times_s"), ("cpu_s", "cpu_s"), ("peak_mb", "peak_mb_runs")):
+                rows[name][runs].append(res[key])
+            rows[name].update(losses=res["losses"], net_counts=res["net_counts"])
+        print(f"  [{wl.name} batch] rep {rep + 1}/{reps} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    for row in rows.values():
+        row["median_s"] = statistics.median(row["times_s"])
+        row["median_cpu_s"] = statistics.median(row["cpu_s"])
+        row["peak_mb"] = statistics.median(row["peak_mb_runs"])
+    first, second = (rows[name] for name in calls)
+    loss_diff = max(abs(x - y) / abs(y) for x, y in zip(first["losses"], second["losses"]))
+    return {"kind": "batch", "workload": workload.describe(wl), "batch": b, "N": n, "iterations": iters,
+            "rows": list(rows.values()), "time_ratio": first["median_s"] / second["median_s"],
+            "cpu_time_ratio": first["median_cpu_s"] / second["median_cpu_s"],
+            "max_rel_loss_difference": loss_diff, "elapsed_s": time.perf_counter() - t_start}
 
 
 def run_guidance(spec: dict) -> dict:
@@ -383,7 +520,8 @@ def main():
     gc.disable()
     torch.set_num_threads(int(spec.get("threads", 1)))
     torch.manual_seed(0)
-    result = run_table(spec) if spec["kind"] == "table" else run_guidance(spec)
+    runners = {"table": run_table, "guidance": run_guidance, "budget": run_budget, "batch": run_batch}
+    result = runners[spec["kind"]](spec)
     result["spec"] = spec
     result["torch_threads"] = torch.get_num_threads()
     result["env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

@@ -25,7 +25,17 @@ stores and feeds weights in several ways, and each one is handled by constructio
    is open, a saved-tensor hook snapshots (clones) every tensor autograd saves that is a
    constant (no grad_fn, no requires_grad) and not in the storage of a module opened by
    `trainable_view`. Resident weights cost nothing; a cast weight costs one copy, made
-   when the layer saves it, and the copy dies with the step's graph.
+   when the layer saves it, and the copy dies with the step's graph. The copy is what
+   makes graphs kept across steps (a memory budget, adjoint/memory.py) safe: a later
+   step reusing the cast buffer writes into the buffer, not into a kept graph.
+   The same hook measures kept graphs for the core: saved-tensor hooks do not nest (the
+   innermost wins), so instead of the core installing a counting hook inside ours, ours
+   reports every tensor it packs to `adjoint.memory` (`record_saved`), as new memory where
+   it would not exist otherwise (activations and its own copies; never resident weights,
+   never the step's inputs), and declares itself with `adjoint.memory.reporting_hook`.
+   Kept tensors are version-checked when unpacked, also when their graph was kept across
+   later steps, so an in-place write by a later step raises (GraphSafety then runs again
+   with snapshots).
 4. Dynamic VRAM (ComfyUI >= 0.33 on NVIDIA, `ModelPatcherDynamic`): weights stay on the
    CPU and the forward reads cached GPU views (inference tensors once a stock node has
    run) or reused cast buffers, and pages can be evicted while a graph is alive. We
@@ -40,6 +50,11 @@ stores and feeds weights in several ways, and each one is handled by constructio
    inference tensors outside modules (latent formats' mean/std): `GraphSafety` runs the
    work again with every saved activation snapshotted, or with inference arguments
    aliased, when autograd reports exactly that hazard.
+7. Weights ComfyUI rewrites in place during sampling (`comfy.utils.copy_to_param`, via
+   `.data`, which no version counter sees: hooked LoRA weights switching, a patched model
+   unloaded): while the guard is open such writes are counted per storage, and a saved
+   weight written after it was saved raises when unpacked; GraphSafety then keeps no
+   graphs across steps (the memory budget's graphs are what could span a rewrite).
 
 On CPU, paths 3 and 4 never arise from ComfyUI itself; the tests exercise them directly.
 """
@@ -47,9 +62,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Optional
 
 import torch
 from torch.nn.utils.stateless import _reparametrize_module
+
+from ..adjoint import memory
 
 
 class NotDifferentiable(ValueError):
@@ -126,19 +144,32 @@ class _SavedConstantGuard(threading.local):
         self.snapshot_activations = False   # also copy activations (GraphSafety escalation)
         self.snapshots = 0          # tensors cloned so far (tests, memory accounting)
         self.snapshot_bytes = 0
+        self.weight_writes: dict[int, int] = {}   # storage → in-place rewrites seen (7.)
 
     def is_stable(self, t: torch.Tensor) -> bool:
         return all(any(x.untyped_storage().data_ptr() in s for s in self.stable) for x in inner_tensors(t))
 
+    def writes_to(self, t: torch.Tensor) -> int:
+        return sum(self.weight_writes.get(x.untyped_storage().data_ptr(), 0) for x in inner_tensors(t))
+
+    def note_write(self, t: torch.Tensor) -> None:
+        for x in inner_tensors(t):
+            ptr = x.untyped_storage().data_ptr()
+            self.weight_writes[ptr] = self.weight_writes.get(ptr, 0) + 1
+
     def pack(self, t: torch.Tensor):
-        if self.is_stable(t) or (t.requires_grad and (t.grad_fn is None or not self.snapshot_activations)):
+        stable = self.is_stable(t)
+        if stable or (t.requires_grad and (t.grad_fn is None or not self.snapshot_activations)):
             # kept by reference: with a saved-tensor hook installed autograd no longer checks
             # the version counter itself, so we do (an in-place write must not pass silently)
-            return _Kept(t, t._version)
+            # an activation is alive because the graph keeps it; weights and inputs exist anyway
+            memory.record_saved(t, new_memory=not stable and t.grad_fn is not None)
+            return _Kept(t.detach(), t._version, self.writes_to(t) if stable else None)
         with torch.inference_mode(False):
             copy = t.detach().clone()
         self.snapshots += 1
         self.snapshot_bytes += t.numel() * t.element_size()
+        memory.record_saved(copy)
         return copy
 
     @staticmethod
@@ -149,16 +180,25 @@ class _SavedConstantGuard(threading.local):
                     "one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: a saved tensor of shape {tuple(packed.tensor.shape)} is at version "
                     f"{packed.tensor._version}; expected version {packed.version}")
+            if packed.writes is not None and GUARD.writes_to(packed.tensor) != packed.writes:
+                raise RuntimeError(
+                    f"a weight of shape {tuple(packed.tensor.shape)} saved for the gradient {REWRITTEN} "
+                    "(comfy.utils.copy_to_param: hooked LoRA weights switching between conditionings or "
+                    "steps, or the model unloaded) before the backward pass used it")
             return packed.tensor
         return packed
 
 
 class _Kept:
-    """A saved tensor kept by reference, with the version it had when autograd saved it."""
-    __slots__ = ("tensor", "version")
+    """A saved tensor kept by reference, with the version it had when autograd saved it
+    and, for a resident weight, how often ComfyUI had rewritten its storage (7.). It holds
+    a detached alias (same storage and version counter): the tensor itself would make a
+    reference cycle through its grad_fn when it is an output saved by its own node, and a
+    graph never differentiated (an interrupt, graphs kept across steps) would leak."""
+    __slots__ = ("tensor", "version", "writes")
 
-    def __init__(self, tensor: torch.Tensor, version: int):
-        self.tensor, self.version = tensor, version
+    def __init__(self, tensor: torch.Tensor, version: int, writes: Optional[int] = None):
+        self.tensor, self.version, self.writes = tensor, version, writes
 
 
 GUARD = _SavedConstantGuard()
@@ -176,12 +216,40 @@ def _guard_saved_constants(module: torch.nn.Module):
     GUARD.stable.append(_storage_ptrs(module))
     try:
         if outermost:
-            with torch.autograd.graph.saved_tensors_hooks(GUARD.pack, GUARD.unpack):
+            with torch.autograd.graph.saved_tensors_hooks(GUARD.pack, GUARD.unpack), \
+                    memory.reporting_hook(GUARD.pack), _watch_weight_writes():
                 yield
         else:
             yield
     finally:
         GUARD.stable.pop()
+
+
+# -- 7. weights rewritten in place behind autograd's back ----------------------------------
+REWRITTEN = "was rewritten in place"
+
+
+@contextlib.contextmanager
+def _watch_weight_writes():
+    """ComfyUI rewrites weights in place through `comfy.utils.copy_to_param` (`.data.copy_`:
+    no version counter sees it) when hooked LoRA weights switch (per conditioning group and
+    per hook keyframe, during sampling) and when a patched model is unloaded. A graph that
+    saved such a weight by reference (resident weights are never copied) would then see
+    the new values: while the guard is open every such write is counted per storage, and
+    unpacking a weight written since it was saved raises (GraphSafety's `keep_no_graphs`,
+    or an error where even one step's graph is hit)."""
+    import comfy.utils
+    original = comfy.utils.copy_to_param
+    GUARD.weight_writes.clear()          # counts start with the outermost view
+
+    def copy_to_param_watched(obj, attr, value):
+        GUARD.note_write(comfy.utils.get_attr(obj, attr))
+        return original(obj, attr, value)
+    comfy.utils.copy_to_param = copy_to_param_watched
+    try:
+        yield
+    finally:
+        comfy.utils.copy_to_param = original
 
 
 @contextlib.contextmanager
@@ -267,14 +335,20 @@ class GraphSafety:
       every such tensor aliased as a normal one when a torch function receives it;
     - "is a view and is being modified inplace": in-place writes into the outputs of
       unbind/split/chunk (a Fun ControlNet's outputs, scaled by ComfyUI's merge); again
-      with those outputs copied.
+      with those outputs copied;
+    - "was rewritten in place": ComfyUI rewrote a resident weight that a graph kept from
+      an earlier step had saved (hooked LoRA weights switching between steps, 7.); again
+      keeping no graphs across steps (memory budget 0: each step recomputed just before
+      its VJP). Where the rewrite falls inside one step (two hook groups in one CFG batch)
+      that fails again and is raised.
     Anything else, or the same failure again, is raised: never a silently wrong gradient.
     Every remedy acts under grad mode only; the tests check the gradient it gives against
     finite differences of the plain forward.
     """
     HAZARDS = {"snapshot_activations": "modified by an inplace operation",
                "alias_inference_arguments": "Inference tensors cannot be saved for backward",
-               "copy_multi_view_outputs": "is a view and is being modified inplace"}
+               "copy_multi_view_outputs": "is a view and is being modified inplace",
+               "keep_no_graphs": REWRITTEN}
 
     def __init__(self):
         self.active: list[str] = []
@@ -293,8 +367,9 @@ class GraphSafety:
         alias = "alias_inference_arguments" in self.active
         copy_views = "copy_multi_view_outputs" in self.active
         mode = _GraphSafetyMode(alias, copy_views) if alias or copy_views else contextlib.nullcontext()
+        no_kept_graphs = memory.graphs_not_kept() if "keep_no_graphs" in self.active else contextlib.nullcontext()
         try:
-            with mode:
+            with mode, no_kept_graphs:
                 yield
         finally:
             GUARD.snapshot_activations = previous
