@@ -87,11 +87,16 @@ __all__ = ["Schedule", "ScheduleError", "ScheduleSyntaxError", "parse_schedule",
 # --------------------------------------------------------------------------- errors
 
 class ScheduleError(ValueError):
-    """A schedule the parser cannot accept; ``str(e)`` starts with ``line L[, col C]:``."""
+    """A schedule the parser cannot accept; ``str(e)`` starts with ``line L[, col C]:``.
+
+    ``line`` and ``column`` (alias ``col``; None when the error is about a whole line) are
+    1-based; ``message`` is the text after the location.
+    """
 
     def __init__(self, line: int, col: Optional[int], message: str):
         self.line = line
         self.col = col
+        self.column = col
         self.message = message
         where = f"line {line}" if col is None else f"line {line}, col {col}"
         super().__init__(f"{where}: {message}")

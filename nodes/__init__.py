@@ -5,7 +5,9 @@ exposes NODES, the classes it contributes.
 """
 from comfy_api.latest import ComfyExtension, io
 
-from . import node_modules
+from . import node_modules, routes
+
+routes.register_routes()        # the pack's HTTP routes (the schedule time line preview)
 
 NODE_ID_PREFIX = "AdjointGuidance_"
 

@@ -7,7 +7,9 @@ plug into it, so everything a stock sampler gets, ours gets too:
 - `ScheduledSolverSampler`: our DPM-Solver++ steps with the Prompt Schedule evaluated
   exactly per step; no gradients (the plain SAMPLER for SamplerCustomAdvanced).
 - `AdjointOptimizingSampler`: the Adjoint Sampler's loop: sample, loss, adjoint
-  gradient, Adam update, repeat; returns the best iterate's sample.
+  gradient, Adam update, repeat; returns the best iterate's sample. A batch is optimised
+  per sample, either in one pass whose network calls take the whole batch ("batched") or
+  one sample after another ("one_by_one").
 
 Grad mode is switched on only inside `sample`, with the model's inference weights
 aliased by `trainable_view` (see inference_tensors.py).
@@ -26,9 +28,11 @@ import comfy.model_management
 import comfy.samplers
 
 from ..adjoint import ScheduledConditioning, SDEDPMSolverPP1, optimize, sample
+from ..adjoint.optimize import SampleRun, summarize
 from .guider_denoiser import GuiderDenoiser, entry_leaves
 from .host_compat import check_unsplit
 from .inference_tensors import GraphSafety, run_protected, to_normal
+from .memory_budget import resolve_memory_budget
 from .schedule_conditioning import find_schedule
 
 
@@ -204,6 +208,9 @@ class ScheduledSolverSampler(comfy.samplers.Sampler):
         return ms.inverse_noise_scaling(sigmas[-1], traj.x0)
 
 
+BATCH_MODES = ("batched", "one_by_one")
+
+
 @dataclass
 class OptimizeSettings:
     solver: str = "dpmpp_2m"
@@ -218,8 +225,30 @@ class OptimizeSettings:
     early_stop_patience: Optional[int] = None
     seed: int = 0
     batch_index: Optional[list] = None      # LATENT["batch_index"]: SDE noise seeds follow it
+    # "batched": every sample its own optimisation, the batch sharing each network call;
+    # "one_by_one": one optimisation run after another (bit for bit a batch-1 run each)
+    batch_mode: str = "batched"
+    memory_budget: object = 0   # the gradient_memory widget: "auto" or megabytes (0 = recompute every step), resolved in sample()
     iteration_callback: Optional[Callable] = None
     step_callback: Optional[Callable] = None
+
+
+def sample_seeds(settings: OptimizeSettings, batch: int) -> list[int]:
+    """Sample b's seed for its SDE noises: seed + batch_index[b] (b without a batch_index),
+    so a sample gets the same noises in a batch as cut out of it (LatentFromBatch)."""
+    index = settings.batch_index or list(range(batch))
+    return [settings.seed + int(index[b]) for b in range(batch)]
+
+
+def optimize_options(settings: OptimizeSettings, noise_scale: float, alpha) -> dict:
+    """The keywords of `optimize` that both batch modes pass alike."""
+    s = settings
+    return dict(noise_scale=noise_scale, alpha=alpha, solver=s.solver, method=s.method,
+                adjoint_steps=s.adjoint_steps, optimize_noise=s.optimize_noise,
+                optimize_keyframes=s.optimize_prompt, iterations=s.iterations, lr=s.lr,
+                renormalize_noise=s.renormalize_noise, max_grad_norm=s.max_grad_norm,
+                early_stop_patience=s.early_stop_patience, memory_budget=s.memory_budget,
+                callback=s.iteration_callback, step_callback=s.step_callback)
 
 
 def cond_for_sample(cond: ScheduledConditioning, b: int, batch: int) -> ScheduledConditioning:
@@ -230,24 +259,43 @@ def cond_for_sample(cond: ScheduledConditioning, b: int, batch: int) -> Schedule
 
 
 class BatchResult:
-    """The per-sample optimisation results, joined along the batch for the node's outputs."""
+    """The batch's optimisation results for the node's outputs: every sample's best iterate
+    joined along the batch, and every sample's own history (`samples[b]`, a SampleRun:
+    losses, grad_norms, best_iteration, best_loss, stop_reason, iterations_run).
 
-    def __init__(self, results: list):
-        self.samples = results
-        first = results[0]
-        self.x0 = torch.cat([r.x0 for r in results])
-        self.noise = torch.cat([r.noise for r in results])
-        self.keyframes = [_cat_keyframes([r.keyframes[k] for r in results]) for k in range(len(first.keyframes))]
-        self.best_iteration = first.best_iteration if len(results) == 1 else -1
-        self.loss = sum(r.loss for r in results)
-        self.stop_reason = next((r.stop_reason for r in results if r.stop_reason.startswith("non_finite")),
-                                first.stop_reason)
-        longest = max(len(r.losses) for r in results)
-        # total loss per iteration; a sample that stopped early keeps its last value
-        self.losses = [sum(r.losses[min(i, len(r.losses) - 1)] for r in results) for i in range(longest)]
-        self.grad_norms = [sum(r.grad_norms[min(i, len(r.grad_norms) - 1)] for r in results)
-                           for i in range(longest)]
-        self.counts = sum((r.counts for r in results[1:]), first.counts)
+    The batch's own losses / grad_norms / best_iteration / loss / stop_reason join the
+    samples' as `adjoint.optimize.summarize` says (for one sample: that sample's). Without
+    prompt optimisation the keyframes are the conditioning's own (shared ones stay shared).
+    """
+
+    def __init__(self, x0, noise, keyframes: list, per_sample_loss, samples: list, counts):
+        self.x0, self.noise, self.keyframes = x0, noise, keyframes
+        self.per_sample_loss = per_sample_loss
+        self.samples = samples
+        self.counts = counts
+        summary = summarize(samples)
+        self.losses, self.grad_norms = summary.losses, summary.grad_norms
+        self.best_iteration, self.loss = summary.best_iteration, summary.loss
+        self.stop_reason, self.iterations_run = summary.stop_reason, summary.iterations_run
+
+    @classmethod
+    def from_batched(cls, result) -> "BatchResult":
+        """From one per-sample optimisation of the whole batch."""
+        return cls(result.x0, result.noise, result.keyframes, result.per_sample_loss, result.samples,
+                   result.counts)
+
+    @classmethod
+    def from_one_by_one(cls, results: list, cond: ScheduledConditioning, optimize_prompt: bool) -> "BatchResult":
+        """From one batch-1 optimisation per sample."""
+        samples = [SampleRun(losses=r.losses, grad_norms=r.grad_norms, best_iteration=r.best_iteration,
+                             best_loss=r.loss, stop_reason=r.stop_reason, iterations_run=r.iterations_run)
+                   for r in results]
+        keyframes = ([_cat_keyframes([r.keyframes[k] for r in results]) for k in range(len(results[0].keyframes))]
+                     if optimize_prompt else cond.keyframes)
+        per_sample = [r.per_sample_loss for r in results]
+        return cls(torch.cat([r.x0 for r in results]), torch.cat([r.noise for r in results]), keyframes,
+                   torch.cat(per_sample) if all(p is not None for p in per_sample) else None, samples,
+                   sum((r.counts for r in results[1:]), results[0].counts))
 
 
 def _cat_keyframes(per_sample: list):
@@ -269,14 +317,30 @@ class OptimizeOutcome:
 
 
 class AdjointOptimizingSampler(comfy.samplers.Sampler):
-    """Sample → loss → adjoint gradient → Adam, `iterations` times; returns the best sample."""
+    """Sample → loss → adjoint gradient → Adam, `iterations` times; returns the best sample.
+
+    Batches (settings.batch_mode): "batched" optimises every sample on its own (own Adam
+    state, clipping, best iterate, early stop) in ONE pass whose network calls take the
+    whole batch; "one_by_one" runs one optimisation per sample in turn. Both give every
+    sample what a batch-1 run gives: one_by_one bit for bit, batched up to the network's
+    round-off from batching. Progress: `passes(batch)` optimisation passes run in turn,
+    each of `iterations` iterations; `current_sample` is the index of the running pass
+    (the sample in one_by_one, always 0 in batched, where an iteration covers every sample).
+    """
 
     def __init__(self, loss, settings: OptimizeSettings):
+        if settings.batch_mode not in BATCH_MODES:
+            raise ValueError(f"Adjoint Sampler: batch_mode: expected one of {', '.join(BATCH_MODES)}, found "
+                             f"{settings.batch_mode!r}")
         self.loss = loss
         self.settings = settings
         self.outcome = OptimizeOutcome()
         self.current_sample = 0
         self.safety = GraphSafety()
+
+    def passes(self, batch: int) -> int:
+        """How many optimisation passes run one after the other for a batch of `batch`."""
+        return batch if self.settings.batch_mode == "one_by_one" else 1
 
     def with_safety(self, model, run):
         def report(error, remedy):
@@ -291,35 +355,41 @@ class AdjointOptimizingSampler(comfy.samplers.Sampler):
         check_unsplit("Adjoint Sampler", extra_args.get("model_options"))
         check_sampling("Adjoint Sampler", ms)
         alpha = solver_alpha(self.settings.solver, ms, "Adjoint Sampler: model")
-        s = dataclasses.replace(self.settings, solver=solver_for(self.settings.solver, ms))
+        # "auto" resolved now that the model is loaded, so its weights do not count as free
+        s = dataclasses.replace(self.settings, solver=solver_for(self.settings.solver, ms),
+                                memory_budget=resolve_memory_budget("Adjoint Sampler", self.settings.memory_budget,
+                                                                    model_wrap.model_patcher))
         scale, offset = initial_state_map(ms, sigmas, latent_image)
         cond, scheduled = positive_conditioning(model_wrap, len(sigmas) - 1)
         if not scheduled:
             check_coverage(model_wrap.conds["positive"], sigmas)
-
+        batch = noise.shape[0]
         # The loss sees the user's latent space (what VAE Encode gives, VAE Decode takes).
-        # Each sample is optimised on its own (its own Adam state, clipping, best iterate,
-        # early stop), so a batch gives exactly what running its samples one by one gives.
-        self.loss.check_batch(noise.shape[0])   # references/masks fit the batch: refused before any work
+        self.loss.check_batch(batch)   # references/masks fit the batch: refused before any work
+        seeds = sample_seeds(s, batch)
+        common = optimize_options(s, scale, alpha)
+
+        def denoiser_for(rows: slice):
+            return GuiderDenoiser(model_wrap, extra_args, noise[rows], latent_image[rows],
+                                  None if denoise_mask is None else denoise_mask[rows], scheduled)
+
+        def optimize_batch():
+            self.current_sample = 0
+            return optimize(denoiser_for(slice(None)), noise, sigmas, cond,
+                            lambda x0: self.loss(model.process_latent_out(x0)),
+                            x_offset=offset, per_sample=True, seed=seeds, **common)
 
         def optimize_sample(b: int):
-            one = slice(b, b + 1)
-            denoiser = GuiderDenoiser(model_wrap, extra_args, noise[one], latent_image[one],
-                                      None if denoise_mask is None else denoise_mask[one], scheduled)
             self.current_sample = b
-            sample_loss = self.loss.select(b, noise.shape[0])
-            return optimize(
-                denoiser, noise[one], sigmas, cond_for_sample(cond, b, noise.shape[0]),
-                lambda x0, loss=sample_loss: loss(model.process_latent_out(x0)),
-                noise_scale=scale, x_offset=offset[one],
-                alpha=alpha, solver=s.solver, method=s.method, adjoint_steps=s.adjoint_steps,
-                optimize_noise=s.optimize_noise, optimize_keyframes=s.optimize_prompt,
-                iterations=s.iterations, lr=s.lr, renormalize_noise=s.renormalize_noise,
-                max_grad_norm=s.max_grad_norm, early_stop_patience=s.early_stop_patience,
-                seed=s.seed + (s.batch_index[b] if s.batch_index else b),
-                callback=s.iteration_callback, step_callback=s.step_callback)
+            sample_loss = self.loss.select(b, batch)
+            return optimize(denoiser_for(slice(b, b + 1)), noise[b:b + 1], sigmas, cond_for_sample(cond, b, batch),
+                            lambda x0, loss=sample_loss: loss(model.process_latent_out(x0)),
+                            x_offset=offset[b:b + 1], seed=seeds[b], **common)
 
-        results = [self.with_safety(model, lambda b=b: optimize_sample(b)) for b in range(noise.shape[0])]
-        self.outcome = OptimizeOutcome(result=BatchResult(results), scheduled=scheduled,
-                                       safety=list(self.safety.active))
+        if s.batch_mode == "batched":
+            result = BatchResult.from_batched(self.with_safety(model, optimize_batch))
+        else:
+            results = [self.with_safety(model, lambda b=b: optimize_sample(b)) for b in range(batch)]
+            result = BatchResult.from_one_by_one(results, cond, s.optimize_prompt)
+        self.outcome = OptimizeOutcome(result=result, scheduled=scheduled, safety=list(self.safety.active))
         return ms.inverse_noise_scaling(sigmas[-1], self.outcome.result.x0.to(noise.dtype))

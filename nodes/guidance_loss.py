@@ -57,7 +57,8 @@ class LatentTargetLoss(io.ComfyNode):
                 io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.01, tooltip=WEIGHT_TOOLTIP),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TOOLTIP.format(what="latent")),
             ],
-            outputs=[GuidanceLoss.Output()],
+            outputs=[GuidanceLoss.Output(tooltip="This loss, for the Adjoint Sampler's loss input or a "
+                                                 "Guidance Loss (Combine).")],
         )
 
     validate_inputs = WidgetChecks()     # widget values when queued (input_checks.py)
@@ -100,7 +101,8 @@ class ImageTargetLoss(io.ComfyNode):
                 io.Float.Input("weight", default=1.0, min=0.0, max=1e4, step=0.01, tooltip=WEIGHT_TOOLTIP),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TOOLTIP.format(what="decoded image")),
             ],
-            outputs=[GuidanceLoss.Output()],
+            outputs=[GuidanceLoss.Output(tooltip="This loss, for the Adjoint Sampler's loss input or a "
+                                                 "Guidance Loss (Combine).")],
         )
 
     validate_inputs = WidgetChecks()
@@ -154,7 +156,8 @@ class ColourLoss(io.ComfyNode):
                               tooltip=MASK_TOOLTIP.format(what="decoded image") +
                               " The statistics are those of the masked pixels."),
             ],
-            outputs=[GuidanceLoss.Output()],
+            outputs=[GuidanceLoss.Output(tooltip="This loss, for the Adjoint Sampler's loss input or a "
+                                                 "Guidance Loss (Combine).")],
         )
 
     WEIGHTS = ("colour_weight", "brightness_weight", "contrast_weight", "saturation_weight")
@@ -220,7 +223,8 @@ class ClipVisionLoss(io.ComfyNode):
                 io.Float.Input("weight", default=1.0, min=-1e4, max=1e4, step=0.01,
                                tooltip=WEIGHT_TOOLTIP + " A negative weight pushes away from the reference."),
             ],
-            outputs=[GuidanceLoss.Output()],
+            outputs=[GuidanceLoss.Output(tooltip="This loss, for the Adjoint Sampler's loss input or a "
+                                                 "Guidance Loss (Combine).")],
         )
 
     validate_inputs = WidgetChecks()
@@ -246,6 +250,55 @@ class ClipVisionLoss(io.ComfyNode):
                                                  reference_input="image"))
 
 
+class PartsRecord:
+    """The named parts of a Combine loss at its latest evaluation, for the live loss curve.
+
+    Each evaluation (the sampler's own calls: nothing is evaluated for this) replaces the
+    parts of the samples it covered: a per-sample loss from `select(index, ...)` covers
+    sample `index`, a batch evaluation samples 0 … B−1. `latest(sample)` gives that
+    sample's parts (detached values, already weighted) and how many evaluations covered it,
+    so a reader can tell a new evaluation from the one it read.
+    """
+
+    def __init__(self):
+        self.rows: dict[int, dict[str, torch.Tensor]] = {}
+        self.counts: dict[int, int] = {}
+        self.evaluations = 0
+
+    def record(self, parts: dict, first_sample: int) -> None:
+        values = {name: value.detach().reshape(-1) for name, value in parts.items()}
+        rows = max((v.numel() for v in values.values()), default=0)
+        for i in range(rows):
+            sample = first_sample + i
+            self.rows[sample] = {name: v[i if v.numel() > 1 else 0] for name, v in values.items()}
+            self.counts[sample] = self.counts.get(sample, 0) + 1
+        self.evaluations += 1
+
+    def latest(self, sample: int) -> tuple[int, dict[str, float]]:
+        """(evaluations that covered `sample`, {part name: value}) — (0, {}) before any."""
+        row = self.rows.get(sample, {})
+        return self.counts.get(sample, 0), {name: float(v) for name, v in row.items()}
+
+
+class RecordedSum(WeightedSum):
+    """The Combine node's GUIDANCE_LOSS: a WeightedSum that records its parts (`parts_record`)
+    each time it is evaluated; per-sample losses made by `select` share the record."""
+
+    def __init__(self, terms, record: PartsRecord | None = None, first_sample: int = 0):
+        super().__init__(terms)
+        self.parts_record = record if record is not None else PartsRecord()
+        self.first_sample = first_sample
+
+    def parts(self, x0):
+        out = super().parts(x0)
+        self.parts_record.record(out, self.first_sample)
+        return out
+
+    def select(self, index, batch):
+        return RecordedSum([(w, loss.select(index, batch)) for w, loss in self.terms], self.parts_record,
+                           first_sample=index if batch > 1 else 0)
+
+
 class CombineLoss(io.ComfyNode):
     NAME = "Guidance Loss (Combine)"
     SLOTS = 4
@@ -266,7 +319,8 @@ class CombineLoss(io.ComfyNode):
             description="A weighted sum of guidance losses: weight_1·loss_1 + … (unconnected slots are "
                         "skipped). Chain Combines for more than four.",
             inputs=inputs,
-            outputs=[GuidanceLoss.Output()],
+            outputs=[GuidanceLoss.Output(tooltip="The weighted sum, for the Adjoint Sampler's loss input "
+                                                 "or another Combine.")],
         )
 
     validate_inputs = WidgetChecks()
@@ -293,7 +347,7 @@ class CombineLoss(io.ComfyNode):
                 raise ValueError(f"{cls.NAME}: loss_{i}: expected a GUIDANCE_LOSS from a Guidance Loss node, got "
                                  f"{type(loss).__name__}")
         pairs = [(weight_1, loss_1), (weight_2, loss_2), (weight_3, loss_3), (weight_4, loss_4)]
-        return io.NodeOutput(WeightedSum([(w, l) for w, l in pairs if l is not None]))
+        return io.NodeOutput(RecordedSum([(w, l) for w, l in pairs if l is not None]))
 
 
 NODES = [LatentTargetLoss, ImageTargetLoss, ColourLoss, ClipVisionLoss, CombineLoss]

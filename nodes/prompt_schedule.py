@@ -81,6 +81,17 @@ def keyframe_typos(text: str) -> list[str]:
     return hints
 
 
+def source_lines(schedule: Schedule) -> tuple[int, ...]:
+    """The text line each keyframe comes from (1 for every keyframe of a text without times)."""
+    return schedule.source_lines or (1,) * len(schedule.prompts)
+
+
+def keyframe_origins(lines: tuple[int, ...]) -> list[str]:
+    """"edit" for a keyframe an inline edit switches to (it shares its line with the keyframe
+    before it: two keyframe lines never share a line), else "keyframe"."""
+    return ["edit" if k > 0 and lines[k] == lines[k - 1] else "keyframe" for k in range(len(lines))]
+
+
 # --------------------------------------------------------------------------- Prompt Schedule
 
 class PromptSchedule(io.ComfyNode):
@@ -131,18 +142,44 @@ class PromptSchedule(io.ComfyNode):
         try:
             return parse_schedule(text, steps, interpolation)
         except ScheduleError as e:
-            raise ValueError(f"{cls.NAME}: text: {e}") from None
+            raise sc.LocatedError(f"{cls.NAME}: text: {e}", e.line, e.column, e.message) from None
+
+    @classmethod
+    def plan(cls, text, steps: int, interpolation: str, scheduler: str, model=None) -> tuple[Schedule, list]:
+        """The parsed schedule and its stock windows (no encoding): execute and the preview share it."""
+        schedule = cls._parse(text, steps, interpolation)
+        prompts = schedule.prompts
+        windows = sc.plan_windows(schedule.timeline, steps, scheduler, model, node=cls.NAME,
+                                  same=lambda a, b: prompts[a] == prompts[b])
+        return schedule, windows
+
+    @classmethod
+    def timeline_ui(cls, text: str, schedule: Schedule, windows: list, steps: int, interpolation: str,
+                    scheduler: str, exact: bool) -> dict:
+        """The ui["adjoint_guidance_timeline"] payload of a planned schedule (warnings included)."""
+        lines = source_lines(schedule)
+        ui = sc.ui_timeline(cls.NAME, steps, interpolation, scheduler, exact,
+                            labels=schedule.prompts, starts=schedule.timeline.start_steps(steps),
+                            segments=describe_schedule(schedule, steps), windows=windows,
+                            sources=[{"line": line} for line in lines], origins=keyframe_origins(lines))
+        ui["warnings"] = [f"{cls.NAME}: text: {hint}" for hint in keyframe_typos(text)]
+        return ui
+
+    @classmethod
+    def preview(cls, text, steps: int, interpolation: str, scheduler: str) -> dict:
+        """The time line the node shows for these widgets, before anything is encoded (no model:
+        approximate percents, as the node without a model). Raises the node's ValueErrors."""
+        schedule, windows = cls.plan(text, steps, interpolation, scheduler)
+        return cls.timeline_ui(text, schedule, windows, steps, interpolation, scheduler, exact=False)
 
     @classmethod
     def execute(cls, clip, text, interpolation, steps, scheduler, model=None) -> io.NodeOutput:
         check_inputs(PromptSchedule, dict(text=text, interpolation=interpolation, steps=steps, scheduler=scheduler))
-        schedule = cls._parse(text, steps, interpolation)
         if clip is None:
             raise ValueError(f"{cls.NAME}: clip: no text encoder (if it comes from a checkpoint loader, "
                              "that checkpoint has no text encoder: load one with a CLIP loader)")
+        schedule, windows = cls.plan(text, steps, interpolation, scheduler, model)
         prompts = schedule.prompts
-        windows = sc.plan_windows(schedule.timeline, steps, scheduler, model, node=cls.NAME,
-                                  same=lambda a, b: prompts[a] == prompts[b])
 
         encoded: dict[str, dict] = {}
         for prompt in prompts:
@@ -150,7 +187,7 @@ class PromptSchedule(io.ComfyNode):
                 encoded[prompt] = sc.encode_prompt(clip, prompt, node=cls.NAME)
         # A repeated prompt is encoded once but stays its own leaf for optimisation.
         keyframes = sc.separate_keyframes([encoded[p] for p in prompts])
-        lines = schedule.source_lines or (1,) * len(keyframes)
+        lines = source_lines(schedule)
         sc.check_keyframes(
             keyframes, interpolation,
             name=lambda k: f"the prompt on line {lines[k]}",
@@ -162,11 +199,7 @@ class PromptSchedule(io.ComfyNode):
         conditioning, carrier = sc.schedule_to_conditioning(
             keyframes, schedule.timeline, steps, schedule.prompts, scheduler, windows,
             exact=model is not None, node=cls.NAME)
-        ui = sc.ui_timeline(cls.NAME, steps, interpolation, scheduler, carrier.exact,
-                            labels=schedule.prompts, starts=schedule.timeline.start_steps(steps),
-                            segments=describe_schedule(schedule, steps), windows=windows,
-                            sources=[{"line": line} for line in lines])
-        ui["warnings"] = [f"{cls.NAME}: text: {hint}" for hint in keyframe_typos(text)]
+        ui = cls.timeline_ui(text, schedule, windows, steps, interpolation, scheduler, carrier.exact)
         for warning in ui["warnings"]:
             logging.warning("%s", warning)
         return io.NodeOutput(conditioning, ui={"adjoint_guidance_timeline": [ui]})
@@ -231,6 +264,45 @@ class ConditioningSchedule(io.ComfyNode):
                 f"({', '.join(names)}); give one time per connected conditioning, in order")
 
     @classmethod
+    def plan(cls, times, steps: int, interpolation: str, scheduler: str, names: list[str], model=None,
+             same=None) -> tuple[Timeline, list]:
+        """The time line of `times` over the inputs `names` and its stock windows; `same(a, b)`:
+        keyframes a and b are the same conditioning (default: only a == b)."""
+        starts = sc.parse_times(times, steps, interpolation, node=cls.NAME)
+        problem = cls._count_problem(starts, names)
+        if problem:
+            raise ValueError(problem)
+        timeline = Timeline(starts, interpolation, tuple(names))
+        return timeline, sc.plan_windows(timeline, steps, scheduler, model, node=cls.NAME, same=same)
+
+    @classmethod
+    def timeline_ui(cls, names: list[str], timeline: Timeline, windows: list, steps: int, interpolation: str,
+                    scheduler: str, exact: bool) -> dict:
+        """The ui["adjoint_guidance_timeline"] payload of a planned schedule."""
+        schedule = Schedule(tuple(names), timeline, steps, tuple(range(1, len(names) + 1)))
+        segments = describe_schedule(schedule, steps)
+        for seg in segments:
+            seg["inputs"] = [names[k] for k in seg["keyframes"]]
+            del seg["lines"]
+        return sc.ui_timeline(cls.NAME, steps, interpolation, scheduler, exact,
+                              labels=names, starts=timeline.start_steps(steps), segments=segments,
+                              windows=windows, sources=[{"input": n} for n in names])
+
+    @classmethod
+    def preview(cls, times, steps: int, interpolation: str, scheduler: str, names=None) -> dict:
+        """The time line the node shows for these widgets, with `names` connected (default: the
+        first conditioning inputs, one per time) holding distinct conditionings; no model."""
+        if names is None:
+            count = len(sc.parse_times(times, steps, interpolation, node=cls.NAME))
+            names = list(cls.INPUTS[:count])
+        unknown = [n for n in names if n not in cls.INPUTS]
+        if unknown:
+            raise ValueError(f"{cls.NAME}: {unknown[0]}: not an input of this node; the inputs are "
+                             f"{', '.join(cls.INPUTS)}")
+        timeline, windows = cls.plan(times, steps, interpolation, scheduler, list(names))
+        return cls.timeline_ui(list(names), timeline, windows, steps, interpolation, scheduler, exact=False)
+
+    @classmethod
     def execute(cls, times, interpolation, steps, scheduler, conditioning_1, model=None,
                 **more) -> io.NodeOutput:
         given = {"conditioning_1": conditioning_1, **more}
@@ -239,7 +311,6 @@ class ConditioningSchedule(io.ComfyNode):
             raise ValueError(f"{cls.NAME}: {unknown[0]}: not an input of this node")
         check_inputs(ConditioningSchedule, dict(times=times, interpolation=interpolation, steps=steps,
                                                 scheduler=scheduler, **given))
-        starts = sc.parse_times(times, steps, interpolation, node=cls.NAME)
         names = [n for n in cls.INPUTS if given.get(n) is not None]   # as many as times (checked above)
         keyframes = sc.separate_keyframes([sc.keyframe_from_conditioning(given[n], n, cls.NAME)
                                            for n in names])
@@ -251,20 +322,12 @@ class ConditioningSchedule(io.ComfyNode):
             pair=lambda a, b: f"{names[a]} and {names[b]}",
             prefix=lambda k: f"{cls.NAME}: {names[k]}",
             token_hint="use prompts of the same length or hold")
-        timeline = Timeline(starts, interpolation, tuple(names))
-        windows = sc.plan_windows(timeline, steps, scheduler, model, node=cls.NAME,
-                                  same=lambda a, b: sc.same_conditioning(keyframes[a], keyframes[b]))
+        timeline, windows = cls.plan(times, steps, interpolation, scheduler, names, model,
+                                     same=lambda a, b: sc.same_conditioning(keyframes[a], keyframes[b]))
         conditioning, carrier = sc.schedule_to_conditioning(
             keyframes, timeline, steps, names, scheduler, windows, exact=model is not None,
             node=cls.NAME)
-        schedule = Schedule(tuple(names), timeline, steps, tuple(range(1, len(names) + 1)))
-        segments = describe_schedule(schedule, steps)
-        for seg in segments:
-            seg["inputs"] = [names[k] for k in seg["keyframes"]]
-            del seg["lines"]
-        ui = sc.ui_timeline(cls.NAME, steps, interpolation, scheduler, carrier.exact,
-                            labels=names, starts=timeline.start_steps(steps), segments=segments,
-                            windows=windows, sources=[{"input": n} for n in names])
+        ui = cls.timeline_ui(names, timeline, windows, steps, interpolation, scheduler, carrier.exact)
         return io.NodeOutput(conditioning, ui={"adjoint_guidance_timeline": [ui]})
 
 

@@ -461,62 +461,88 @@ def keyframe_from_conditioning(conditioning: Any, name: str, node: str) -> dict:
 _TIME_HINT = "a step such as 12, a fraction such as 0.4, or a percentage such as 40%"
 
 
+class LocatedError(ValueError):
+    """A schedule text the nodes refuse, with where: ``str(e)`` is the full message (node,
+    input, location, what was found); ``line`` / ``column`` are 1-based (column None: the
+    whole line); ``detail`` is the message after the location."""
+
+    def __init__(self, message: str, line: int, column: Optional[int], detail: str):
+        super().__init__(message)
+        self.line, self.column, self.detail = line, column, detail
+
+
+class TimesError(LocatedError):
+    """A `times` text that parse_times refuses; the location is that of the time it is about."""
+
+    def __init__(self, message: str, text: str, offset: int, detail: str):
+        before = text[:offset]
+        super().__init__(message, before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1, detail)
+
+
+def _time_error(prefix: str, n: int, text: str, offset: int, detail: str) -> TimesError:
+    return TimesError(f"{prefix}: time {n} (col {offset + 1}): {detail}", text, offset, detail)
+
+
+def _time_items(text: str) -> list[tuple[str, int]]:
+    """(raw text, 0-based offset) of each time between separators; a trailing separator is fine."""
+    items: list[tuple[str, int]] = []
+    start = 0
+    for m in re.finditer(r"[,;\n]", text):
+        items.append((text[start:m.start()], start))
+        start = m.end()
+    items.append((text[start:], start))
+    while len(items) > 1 and not items[-1][0].strip():
+        items.pop()
+    return items
+
+
 def parse_times(text: str, steps: int, interpolation: str,
                 node: str = "Conditioning Schedule", name: str = "times") -> tuple[Position, ...]:
     """`0, 40%, 12` → the start Position of each input, with the keyframe lines' time syntax.
 
     Same rules as keyframe lines (adjoint/prompt_syntax.py): the first is 0; times fall on
     strictly increasing steps at `steps`; a step must be below `steps`; 100 % (1.0) is
-    the end of sampling, allowed only for linear / slerp.
+    the end of sampling, allowed only for linear / slerp. Mistakes raise TimesError.
     """
     prefix = f"{node}: {name}"
     if not isinstance(text, str):
         raise ValueError(f"{prefix}: expected text such as '0, 40%, 12', got {type(text).__name__}")
     if not text.strip():
-        raise ValueError(f"{prefix}: expected a time for each connected conditioning, such as "
-                         "'0, 40%, 12', found nothing")
-    items: list[tuple[str, int]] = []        # (raw text, 0-based offset) between separators
-    start = 0
-    for m in re.finditer(r"[,;\n]", text):
-        items.append((text[start:m.start()], start))
-        start = m.end()
-    items.append((text[start:], start))
-    while len(items) > 1 and not items[-1][0].strip():   # a trailing comma or newline is fine
-        items.pop()
+        detail = "expected a time for each connected conditioning, such as '0, 40%, 12', found nothing"
+        raise TimesError(f"{prefix}: {detail}", text, 0, detail)
+    items = _time_items(text)
     positions: list[Position] = []
     resolved: list[int] = []
     for n, (raw, at) in enumerate(items, start=1):
         token = raw.strip()
-        col = at + (len(raw) - len(raw.lstrip())) + 1
-        where = f"time {n} (col {col})"
+        offset = at + (len(raw) - len(raw.lstrip()))
+        fail = functools.partial(_time_error, prefix, n, text, offset)
         if not token:
-            raise ValueError(f"{prefix}: {where}: expected {_TIME_HINT}, found "
-                             f"{repr(text[at + len(raw)]) if at + len(raw) < len(text) else 'end of text'}")
+            raise fail(f"expected {_TIME_HINT}, found "
+                       f"{repr(text[at + len(raw)]) if at + len(raw) < len(text) else 'end of text'}")
         if not _TIME_RE.fullmatch(token):
-            raise ValueError(f"{prefix}: {where}: expected {_TIME_HINT}, found {token!r}")
+            raise fail(f"expected {_TIME_HINT}, found {token!r}")
         try:
-            pos = _parse_time(token, 1, col)
+            pos = _parse_time(token, 1, offset + 1)
         except ScheduleError as e:
-            raise ValueError(f"{prefix}: {where}: {e.message}") from None
+            raise fail(e.message) from None
         step = pos.to_step(steps)
         if n == 1:
             if pos.value != 0:
-                raise ValueError(f"{prefix}: {where}: the first time must be 0 (conditioning_1 starts "
-                                 f"the schedule), found {token!r}")
+                raise fail(f"the first time must be 0 (conditioning_1 starts the schedule), found {token!r}")
         else:
             prev_token, prev_step = items[n - 2][0].strip(), resolved[-1]
             if pos.unit == "step" and step >= steps:
-                raise ValueError(f"{prefix}: {where}: step {int(pos.value)} is beyond the last step "
-                                 f"{steps - 1} of {steps}")
+                raise fail(f"step {int(pos.value)} is beyond the last step {steps - 1} of {steps}")
             if step < prev_step:
-                raise ValueError(f"{prefix}: {where}: {token!r} (step {step}) comes before time {n - 1} "
-                                 f"{prev_token!r} (step {prev_step}); times must increase")
+                raise fail(f"{token!r} (step {step}) comes before time {n - 1} {prev_token!r} (step "
+                           f"{prev_step}); times must increase")
             if step == prev_step:
-                raise ValueError(f"{prefix}: {where}: {token!r} falls on step {step} like time {n - 1} "
-                                 f"{prev_token!r} at {steps} steps; give each conditioning its own step")
+                raise fail(f"{token!r} falls on step {step} like time {n - 1} {prev_token!r} at {steps} "
+                           "steps; give each conditioning its own step")
             if step >= steps and interpolation == "hold":
-                raise ValueError(f"{prefix}: {where}: {token!r} is the end of sampling and is never "
-                                 "used with hold (use linear or slerp to blend towards it)")
+                raise fail(f"{token!r} is the end of sampling and is never used with hold (use linear or "
+                           "slerp to blend towards it)")
         positions.append(pos)
         resolved.append(step)
     return tuple(positions)
@@ -524,12 +550,15 @@ def parse_times(text: str, steps: int, interpolation: str,
 
 def ui_timeline(node: str, steps: int, interpolation: str, scheduler: str, exact: bool,
                 labels: Sequence[str], starts: Sequence[int], segments: list[dict],
-                windows: list[dict], sources: Sequence[Any]) -> dict:
+                windows: list[dict], sources: Sequence[Any],
+                origins: Optional[Sequence[str]] = None) -> dict:
     """The JSON payload the frontend draws (sent as ui["adjoint_guidance_timeline"][0]).
 
     keyframes: index, label (prompt text or input name), start_step, source (line or
-    input). segments: describe_schedule's runs of steps (kind hold / blend, keyframes,
-    per-step weights, summary; its start/end_percent are fractions of the steps).
+    input), origin ("keyframe", or "edit": the prompt an inline [from:to:when] / [a|b] edit
+    switches to inside the keyframe before it). segments: describe_schedule's runs of steps
+    (kind hold / blend, keyframes, per-step weights, summary; its start/end_percent are
+    fractions of the steps).
     entries: the stock CONDITIONING entries, in order: start_step, end_step, kind,
     keyframes, weight, and the start_percent / end_percent written into them (model
     timestep percents). percents: "model" (exact) or "approximate" (no model connected).
@@ -548,7 +577,8 @@ def ui_timeline(node: str, steps: int, interpolation: str, scheduler: str, exact
         "interpolation": interpolation,
         "scheduler": scheduler,
         "percents": "model" if exact else "approximate",
-        "keyframes": [{"index": k, "label": labels[k], "start_step": int(starts[k]), "source": sources[k]}
+        "keyframes": [{"index": k, "label": labels[k], "start_step": int(starts[k]), "source": sources[k],
+                       "origin": origins[k] if origins else "keyframe"}
                       for k in range(len(labels))],
         "segments": plain(segments),
         "entries": plain(windows),

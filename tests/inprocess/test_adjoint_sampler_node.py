@@ -78,7 +78,7 @@ def test_nan_loss_stops_and_keeps_the_best_iterate(setup):
 
 
 def test_optimized_outputs_are_usable(setup):
-    out = run(setup, optimize="noise + prompt", iterations=2)
+    out = run(setup, optimize="noise + prompt", iterations=2, gradient_memory="0")
     latent, noise, positive, plot = out.args
     assert latent["samples"].shape == (1, 4, 8, 8) and noise["samples"].shape == (1, 4, 8, 8)
     assert positive[0][0].shape == (1, 77, 768) and not positive[0][0].is_inference()
@@ -108,3 +108,14 @@ def test_a_nan_setting_is_refused_before_the_model_runs(setup):
         run(setup, cfg=float("nan"))
     with pytest.raises(ValueError, match=r"^Adjoint Sampler: latent_image: the latent holds 256 NaN or infinite "):
         run(setup, latent_image={"samples": torch.full((1, 4, 8, 8), float("inf"))})
+
+
+def test_gradient_memory_keeps_graphs_for_the_same_result(setup):
+    """gradient_memory "auto" (the default) keeps every step's graph of this tiny model: no
+    recomputed forwards, and the result is the one gradient_memory "0" gives."""
+    kept = run(setup, optimize="noise + prompt", iterations=2)
+    recomputed = run(setup, optimize="noise + prompt", iterations=2, gradient_memory="0")
+    assert kept.ui["adjoint_guidance_loss"][0]["network_calls"] == {
+        "forwards": 3, "forwards_with_grad": 2 * 3, "vjps": 2 * 3}
+    assert torch.equal(kept.args[0]["samples"], recomputed.args[0]["samples"])
+    assert kept.ui["adjoint_guidance_loss"][0]["losses"] == recomputed.ui["adjoint_guidance_loss"][0]["losses"]

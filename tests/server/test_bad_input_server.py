@@ -208,6 +208,10 @@ QUEUE_CASES = [
     Q("adjoint", "denoise", NAN, (f"{FINITE} 0.01 to 1", "found nan")),
     Q("adjoint", "denoise", 0.0, (f"{FINITE} 0.01 to 1", "found 0.0")),
     Q("adjoint", "denoise", 1.5, (f"{FINITE} 0.01 to 1", "found 1.5")),
+    Q("adjoint", "batch_mode", "parallel", ("expected one of batched, one_by_one", "found 'parallel'")),
+    Q("adjoint", "gradient_memory", "lots", ('expected "auto", 0 (recompute every step) or a number of megabytes',
+                                             "found 'lots'")),
+    Q("adjoint", "gradient_memory", "-5", ("a number of megabytes > 0", "found '-5'")),
     # Adjoint Solver (Sampler), Noise From Latent
     Q("ss", "solver", "euler", ("expected one of dpmpp_2m, dpmpp_1, dpmpp_2m_lambda, sde_dpmpp_1", "found 'euler'")),
     Q("ss", "solver", "", ("expected one of dpmpp_2m", "found ''")),
