@@ -128,32 +128,38 @@ def reference_guided():
     }
 
 
-# file stem -> (builder, note shown in the workflow)
+# file stem -> (builder, note shown in the workflow). The template browser shows a custom node's
+# template by its file name (both frontends 1.32.9 and 1.49.6), hence readable names with spaces.
 WORKFLOWS = {
-    "stock_text_to_image": (stock_text_to_image,
-                            "Stock text-to-image on the pack's tiny test models: the pipeline check "
-                            "that every later workflow builds on. Swap the loaders for your own models."),
-    "adjoint_guided": (adjoint_guided,
-                       "Adjoint Sampler: start from seed 1 and optimise its initial noise and both keyframes "
-                       "of the Prompt Schedule so the result lands on the reference (here seed 7's sample; use "
-                       "VAE Encode of your own image instead). Exact adjoint gradients, one network step's "
-                       "activations at a time. Saves the image, the optimised noise and the loss curve."),
-    "prompt_schedule": (prompt_schedule,
-                        "Prompt Schedule: the prompt changes with the sampling step. Keyframe lines 'when: prompt' "
-                        "(0-based step 12, 40%, or 0.4), A1111 edits [from:to:when] inside a prompt, and hold / "
-                        "linear / slerp between keyframes. Give the schedule the KSampler's steps and scheduler; "
-                        "with the MODEL connected each keyframe switches exactly at its step in the stock "
-                        "KSampler (without it the switch points are approximate for non-SD1/SDXL models)."),
-    "colour_guided": (colour_guided,
-                      "Match a reference's colours: Guidance Loss (Colour) decodes each result with the VAE "
-                      "(differentiably) and the Adjoint Sampler optimises the initial noise until the picture's "
-                      "mean colour moves toward #2050c0 (pick your reference's mean colour) and its saturation "
-                      "toward 0.4. Brightness and contrast have weight 0: left free. Saves the image and the "
-                      "loss curve."),
-    "reference_guided": (reference_guided,
-                         "Stay close to a reference image while following a new prompt: the reference (here a "
-                         "stock KSampler picture of a morning castle; use Load Image for your own) is compared "
-                         "with each result after a Gaussian blur (blur_sigma 4 px), so the layout and colours "
-                         "follow it while the new prompt (a snowstorm at night) decides the detail. Saves the "
-                         "reference, the image and the loss curve."),
+    "Text to Image (stock nodes)": (
+        stock_text_to_image,
+        "Stock text-to-image on the pack's tiny test models: the pipeline check "
+        "that every later workflow builds on. Swap the loaders for your own models."),
+    "Adjoint Sampler (match a latent)": (
+        adjoint_guided,
+        "Adjoint Sampler: start from seed 1 and optimise its initial noise and both keyframes "
+        "of the Prompt Schedule so the result lands on the reference (here seed 7's sample; use "
+        "VAE Encode of your own image instead). Exact adjoint gradients, one network step's "
+        "activations at a time. Saves the image, the optimised noise and the loss curve."),
+    "Prompt Schedule (dusk to night)": (
+        prompt_schedule,
+        "Prompt Schedule: the prompt changes with the sampling step. Keyframe lines 'when: prompt' "
+        "(0-based step 12, 40%, or 0.4), A1111 edits [from:to:when] inside a prompt, and hold / "
+        "linear / slerp between keyframes. Give the schedule the KSampler's steps and scheduler; "
+        "with the MODEL connected each keyframe switches exactly at its step in the stock "
+        "KSampler (without it the switch points are approximate for non-SD1/SDXL models)."),
+    "Colour Guidance (toward a blue)": (
+        colour_guided,
+        "Match a reference's colours: Guidance Loss (Colour) decodes each result with the VAE "
+        "(differentiably) and the Adjoint Sampler optimises the initial noise until the picture's "
+        "mean colour moves toward #2050c0 (pick your reference's mean colour) and its saturation "
+        "toward 0.4. Brightness and contrast have weight 0: left free. Saves the image and the "
+        "loss curve."),
+    "Reference Image (keep the layout)": (
+        reference_guided,
+        "Stay close to a reference image while following a new prompt: the reference (here a "
+        "stock KSampler picture of a morning castle; use Load Image for your own) is compared "
+        "with each result after a Gaussian blur (blur_sigma 4 px), so the layout and colours "
+        "follow it while the new prompt (a snowstorm at night) decides the detail. Saves the "
+        "reference, the image and the loss curve."),
 }

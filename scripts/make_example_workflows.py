@@ -3,6 +3,8 @@
     python3 scripts/make_example_workflows.py
 
 Starts the test-host server once to read /object_info, so widget order matches ComfyUI.
+The file names are the keys of example_sources.WORKFLOWS: the template browser shows them
+as the templates' titles. `python3 scripts/make_thumbnails.py` then draws their pictures.
 """
 import json
 import sys

@@ -10,6 +10,10 @@ from __future__ import annotations
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SKIPPED_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MUTED_MODES = {2, 4}  # "never" and "bypass"
+# Room for what the pack's frontend draws under a node's widgets (web/js): the loss curve,
+# the schedule time line (below a multi-line text box), the colour picker.
+DOM_WIDGET_HEIGHT = {"AdjointGuidance_AdjointSampler": 260, "AdjointGuidance_PromptSchedule": 220,
+                     "AdjointGuidance_ConditioningSchedule": 160, "AdjointGuidance_LossColour": 50}
 
 
 def _inputs_in_order(info: dict):
@@ -100,11 +104,12 @@ def api_to_ui(prompt: dict, object_info: dict, notes: str | None = None) -> dict
             if lk[3] == int(nid) and lk[4] is None:
                 lk[4] = next(i for i, e in enumerate(inputs) if e["link"] == lk[0])
         col = depth[nid]
-        row = column_fill.get(col, 0)
-        column_fill[col] = row + 1
+        height = 120 + 26 * len(widgets) + DOM_WIDGET_HEIGHT.get(node["class_type"], 0)
+        top = column_fill.get(col, 40)
+        column_fill[col] = top + height + 60      # the next node of this column goes below
         nodes.append({
-            "id": int(nid), "type": node["class_type"], "pos": [40 + 340 * col, 40 + 300 * row],
-            "size": [300, 120 + 26 * len(widgets)], "flags": {}, "order": 0, "mode": 0,
+            "id": int(nid), "type": node["class_type"], "pos": [40 + 340 * col, top],
+            "size": [300, height], "flags": {}, "order": 0, "mode": 0,
             "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
             "widgets_values": widgets,
             **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {}),

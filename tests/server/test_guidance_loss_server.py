@@ -113,8 +113,9 @@ def test_an_all_zero_mask_gives_a_zero_loss_without_nan(server):
     assert all(g is not None and math.isfinite(g) and g == 0.0 for g in report["grad_norms"][:2])
 
 
-@pytest.mark.parametrize("stem", ["colour_guided", "reference_guided"])
-def test_example_workflow_runs_and_lowers_its_loss(server, stem):
+@pytest.mark.parametrize("stem, prefix", [("Colour Guidance (toward a blue)", "colour_guided"),
+                                          ("Reference Image (keep the layout)", "reference_guided")])
+def test_example_workflow_runs_and_lowers_its_loss(server, stem, prefix):
     """The example workflow file, as the main command (scripts/run_examples.py) runs it."""
     import json
 
@@ -127,4 +128,4 @@ def test_example_workflow_runs_and_lowers_its_loss(server, stem):
     report = loss_report({"outputs": {"adjoint": entry["outputs"][sampler]}})
     assert report["best_loss"] < report["losses"][0], report["losses"]
     saved = [img["filename"] for out in entry["outputs"].values() for img in out.get("images", [])]
-    assert any(f.startswith(f"{stem}_loss_curve") for f in saved) and any(f.startswith(f"{stem}_0") for f in saved), saved
+    assert any(f.startswith(f"{prefix}_loss_curve") for f in saved) and any(f.startswith(f"{prefix}_0") for f in saved), saved

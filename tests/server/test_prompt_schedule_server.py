@@ -260,7 +260,7 @@ def test_a_keyframe_typo_runs_with_a_warning_in_the_timeline(server):
 # --------------------------------------------------------------------------- the example workflow
 
 def test_prompt_schedule_example_workflow_runs(server):
-    ui = json.loads((REPO / "example_workflows" / "prompt_schedule.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / "Prompt Schedule (dusk to night).json").read_text())
     api = ui_to_api(ui, server.object_info())
     assert {n["class_type"] for n in api.values()} >= {PS, "KSampler"}
     entry = server.run(api)

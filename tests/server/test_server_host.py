@@ -23,13 +23,17 @@ def test_web_extension_is_served(server):
     status, body = server.request("GET", "/extensions")
     assert status == 200
     ours = [p for p in body if "adjoint_guidance" in p]
-    assert ours, body
-    status, js = server.request("GET", ours[0])
+    entry = [p for p in ours if p.endswith("/js/adjoint_guidance.js")]
+    assert entry, body
+    for path in ours:
+        status, _ = server.request("GET", path)
+        assert status == 200, path
+    status, js = server.request("GET", entry[0])
     assert status == 200 and b"registerExtension" in js
 
 
 def test_stock_workflow_writes_png(server):
-    ui = json.loads((REPO / "example_workflows" / "stock_text_to_image.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / "Text to Image (stock nodes).json").read_text())
     entry = server.run(ui_to_api(ui, server.object_info()))
     assert entry["status"]["status_str"] == "success"
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
