@@ -1,4 +1,4 @@
-"""The whole test suite: set up the test host if needed, then pytest over all three layers.
+"""The whole test suite: set up the test host if needed, then pytest over all four layers.
 
     python3 scripts/run_tests.py [--comfyui PATH] [pytest args...]
 
@@ -6,7 +6,8 @@ Runs under the test host's venv. Without --comfyui the host is ComfyUI 0.3.75 fr
 (.host/); with --comfyui PATH (a ComfyUI source tree, e.g. your own checkout, or a .tar.gz
 of one) it is built from that tree into .host-<version>/ (scripts/host/setup_host.py).
 Prints the ComfyUI version it ran on. Fails when pytest collects no test, and (for a
-full run) when any of the core / inprocess / server layers ran no test.
+full run) when any of the core / inprocess / server / browser layers ran no test (the
+browser layer needs Debian's chromium: the host set-up installs it when run as root).
 """
 import os
 import subprocess
@@ -42,7 +43,7 @@ def main(argv):
     comfyui, argv = split_comfyui(argv)
     if comfyui:
         setup_host.configure(comfyui=comfyui)
-    setup_host.main()
+    setup_host.main(browser=True)
     where = f"ComfyUI {setup_host.COMFY_VERSION} ({setup_host.SOURCE or setup_host.HORDE_WHEEL}; host {setup_host.HOST})"
     print(f"run_tests: on {where}", flush=True)
     # One BLAS/OpenMP thread per process: the test process and the server it starts share

