@@ -39,7 +39,7 @@ def _adjoint_sampler(positive, loss, seed, optimize="noise", iterations=10):
         "loss": loss, "seed": seed, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
         "gradient": "exact", "adjoint_steps": 0, "optimize": optimize, "iterations": iterations,
         "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
-        "denoise": 1.0}}
+        "denoise": 1.0, "batch_mode": "batched", "gradient_memory": "auto"}}
 
 
 def stock_text_to_image():

@@ -53,7 +53,8 @@ def main(argv):
     if not any(os.path.exists(REPO / a.split("::")[0]) for a in argv):   # no test path: the whole suite
         if not any(a.startswith(("-k", "-m")) for a in argv):
             env["AG_REQUIRE_ALL_LAYERS"] = "1"
-        argv = [*argv, "tests"]
+        # the layers in this order, the browser last (tests/browser/conftest.py says why)
+        argv = [*argv, *(f"tests/{layer}" for layer in ("core", "inprocess", "server", "browser"))]
     cmd = [str(setup_host.PY), "-m", "pytest", "-c", "tests/pytest.ini", "--rootdir", "tests",
            "-p", "no:cacheprovider", "-rfE", *argv]
     rc = subprocess.run(cmd, cwd=REPO, env=env).returncode

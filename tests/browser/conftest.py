@@ -39,7 +39,10 @@ _seen = {}                   # what the browser layer ran on, for the summary
 _shots = Path(tempfile.mkdtemp(prefix="ag-browser-shots-"))
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an asyncio loop running in this thread until it
+# stops, and every later asyncio.run() (ComfyUI's in-process start, the websocket tests)
+# would fail. The browser layer also runs last (scripts/run_tests.py).
+@pytest.fixture(scope="module")
 def chromium():
     try:
         from playwright.sync_api import sync_playwright
@@ -64,7 +67,7 @@ def chromium():
         pw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def contexts(chromium):
     """One browser context per mode, made when first needed (see `ui`)."""
     made = {}
