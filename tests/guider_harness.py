@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 
-from comfy_harness import pack_submodule
+from comfy_harness import pack_submodule, tiny_unet32_patcher
 
 
 @contextlib.contextmanager
@@ -144,3 +144,44 @@ def gradient_checks(patcher, positive, negative, latent_shape, steps=4, cfg=3.0,
     with float64_everywhere():
         return run_in_guider(patcher, positive, negative, body, latent_shape, steps=steps, cfg=cfg,
                              scheduler=scheduler)
+
+
+def float64_apply_model(apply_model, args):
+    """BaseModel.apply_model minus its final `.float()` (ComfyUI returns float32 outputs),
+    so a float64 UNet stays float64: same UNet, same σ handling."""
+    model = apply_model.__self__
+    x, sigma, c = args["input"], args["timestep"], args["c"]
+    xc = model.model_sampling.calculate_input(sigma, x)
+    t = model.model_sampling.timestep(sigma).to(torch.float64)
+    out = model.diffusion_model(xc, t, context=c["c_crossattn"], transformer_options=c.get("transformer_options", {}))
+    return model.model_sampling.calculate_denoised(sigma, out, x)
+
+
+def float64_unet32_patcher():
+    """The tiny SD1.5 UNet in float64 (its weights made in inference mode, as a loader makes
+    them), with `float64_apply_model` as its UNet wrapper."""
+    with torch.inference_mode():
+        patcher = tiny_unet32_patcher()
+        patcher.model.diffusion_model.to(torch.float64)
+        patcher.model.diffusion_model.dtype = torch.float64
+        patcher.model.to(torch.float64)
+    patcher = patcher.clone()
+    patcher.set_model_unet_function_wrapper(float64_apply_model)
+    return patcher
+
+
+class SharedBufferLinear(torch.nn.Module):
+    """What ComfyUI's legacy offloading does with cuda-malloc off, and dynamic VRAM's cast
+    buffers: every layer's weight is copied into one reused buffer before its matmul.
+    The copy goes through .data, so autograd's version counter cannot see it (as with
+    comfy-aimdo's buffers)."""
+
+    def __init__(self, weight, buffer):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.cast_buffer = buffer
+
+    def forward(self, x):
+        w = self.cast_buffer[: self.weight.numel()].view_as(self.weight)
+        w.data.copy_(self.weight)
+        return torch.tanh(torch.nn.functional.linear(x, w))

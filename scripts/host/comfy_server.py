@@ -158,6 +158,26 @@ class ComfyServer:
             time.sleep(0.1)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
+    async def events(self, session, prompt: dict):
+        """Queue `prompt` on this client's websocket (an aiohttp `session`) and yield
+        (prompt id, event) for every message until ComfyUI reports the prompt done
+        (`executing` with node None); an event is the decoded JSON message, or None for a
+        binary one (a preview image). The caller may stop early."""
+        import aiohttp
+        async with session.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
+            prompt_id = self.queue(prompt)
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    yield prompt_id, None
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                event = json.loads(msg.data)
+                yield prompt_id, event
+                data = event.get("data", {})
+                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    return
+
     def run(self, prompt: dict, timeout=300.0, check=True) -> dict:
         return self.wait(self.queue(prompt), timeout=timeout, check=check)
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from comfy_harness import pack_submodule, tiny_unet32_patcher
+from guider_harness import float64_unet32_patcher
 
 B, STEPS, SEED = 3, 3, 5
 FLOAT32_TOLERANCE = 2e-4      # relative; measured ≤ 3e-5 (3 iterations, noise + prompt)
@@ -35,26 +36,9 @@ def setup(comfy_nodes):
     return dict(model=model, positive=positive, negative=negative, noise=noise, target=target)
 
 
-def float64_apply_model(apply_model, args):
-    """BaseModel.apply_model without its final `.float()`, so a float64 UNet stays float64."""
-    model = apply_model.__self__
-    x, sigma, c = args["input"], args["timestep"], args["c"]
-    xc = model.model_sampling.calculate_input(sigma, x)
-    t = model.model_sampling.timestep(sigma).to(torch.float64)
-    out = model.diffusion_model(xc, t, context=c["c_crossattn"], transformer_options=c.get("transformer_options", {}))
-    return model.model_sampling.calculate_denoised(sigma, out, x)
-
-
 @pytest.fixture(scope="module")
 def float64_model(setup):
-    with torch.inference_mode():
-        patcher = tiny_unet32_patcher()
-        patcher.model.diffusion_model.to(torch.float64)
-        patcher.model.diffusion_model.dtype = torch.float64
-        patcher.model.to(torch.float64)
-    patcher = patcher.clone()
-    patcher.set_model_unet_function_wrapper(float64_apply_model)
-    return patcher
+    return float64_unet32_patcher()
 
 
 def run(setup, batch_mode, rows=slice(None), batch_index=None, model=None, dtype=torch.float32, cfg=2.0,

@@ -8,30 +8,14 @@ ComfyUI's CFGGuider; a probe Sampler hands us the guider so we can call the core
 import pytest
 import torch
 
-from comfy_harness import pack_submodule, tiny_unet32_patcher
-
-
-def float64_apply_model(apply_model, args):
-    """BaseModel.apply_model minus its final `.float()` (ComfyUI returns float32 outputs),
-    so the finite differences can be taken in float64: same UNet, same σ handling."""
-    model = apply_model.__self__
-    x, sigma, c = args["input"], args["timestep"], args["c"]
-    xc = model.model_sampling.calculate_input(sigma, x)
-    t = model.model_sampling.timestep(sigma).to(torch.float64)
-    out = model.diffusion_model(xc, t, context=c["c_crossattn"], transformer_options=c.get("transformer_options", {}))
-    return model.model_sampling.calculate_denoised(sigma, out, x)
+from comfy_harness import pack_submodule
+from guider_harness import float64_unet32_patcher
 
 
 @pytest.fixture(scope="module")
 def float64_unet(comfy_nodes):
-    with torch.inference_mode():
-        patcher = tiny_unet32_patcher()
-        patcher.model.diffusion_model.to(torch.float64)
-        patcher.model.diffusion_model.dtype = torch.float64
-        patcher.model.to(torch.float64)
+    patcher = float64_unet32_patcher()
     assert next(patcher.model.diffusion_model.parameters()).is_inference()
-    patcher = patcher.clone()
-    patcher.set_model_unet_function_wrapper(float64_apply_model)
     return patcher
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from comfy_harness import comfy_version, pack_submodule
+from guider_harness import SharedBufferLinear
 
 UNET = "tiny-sd15-unet.safetensors"
 SETTINGS = dict(seed=1, steps=3, cfg=2.0, scheduler="karras", solver="dpmpp_2m", gradient="exact",
@@ -84,23 +85,6 @@ def test_dynamic_vram_without_a_reload_factory_is_refused_by_name(comfy_nodes):
     with pytest.raises(ValueError, match=r"^Adjoint Sampler: model: this model is loaded with dynamic VRAM "
                                          r".*--disable-dynamic-vram"):
         run_sampler(dynamic)
-
-
-class SharedBufferLinear(torch.nn.Module):
-    """What ComfyUI's legacy offloading does with cuda-malloc off, and dynamic VRAM's cast
-    buffers: every layer's weight is copied into one reused buffer before its matmul.
-    The copy goes through .data, so autograd's version counter cannot see it (as with
-    comfy-aimdo's buffers)."""
-
-    def __init__(self, weight, buffer):
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.cast_buffer = buffer
-
-    def forward(self, x):
-        w = self.cast_buffer[: self.weight.numel()].view_as(self.weight)
-        w.data.copy_(self.weight)
-        return torch.tanh(torch.nn.functional.linear(x, w))
 
 
 def shared_buffer_net():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from comfy_harness import pack_submodule, tiny_unet32_patcher
-from guider_harness import run_in_guider
+from guider_harness import SharedBufferLinear, run_in_guider
 
 MiB = 2 ** 20
 
@@ -191,21 +191,6 @@ def test_in_place_write_into_a_weight_saved_by_a_kept_graph_is_raised(comfy_node
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         run_core(net, net, 1000.0, safety)
     assert safety.active == ["snapshot_activations"]   # tried, and still refused: never a wrong gradient
-
-
-class SharedBufferLinear(torch.nn.Module):
-    """A weight copied into one reused cast buffer before its matmul, through .data (no
-    version counter sees it): ComfyUI's legacy offloading, dynamic VRAM's cast buffers."""
-
-    def __init__(self, weight, buffer):
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.cast_buffer = buffer
-
-    def forward(self, x):
-        w = self.cast_buffer[: self.weight.numel()].view_as(self.weight)
-        w.data.copy_(self.weight)
-        return torch.tanh(torch.nn.functional.linear(x, w))
 
 
 def test_a_cast_buffer_reused_by_later_steps_cannot_reach_a_kept_graph(comfy_nodes):

@@ -128,7 +128,6 @@ def test_interrupt_ends_the_sampler_within_one_step_and_server_keeps_serving(ser
     throttles progress events: only the first and each iteration's last, with its preview,
     are sure to come; they time the iterations.)"""
     import asyncio
-    import json
 
     import aiohttp
 
@@ -137,28 +136,26 @@ def test_interrupt_ends_the_sampler_within_one_step_and_server_keeps_serving(ser
     g["empty"]["inputs"].update(width=128, height=128)     # 16x16 latents: iterations of seconds
 
     async def watch():
-        ends, prompt_id, timing = {}, None, None
+        ends, timing = {}, None
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}") as ws:
-                prompt_id = server.queue(g)
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    event = json.loads(msg.data)
-                    data, now = event.get("data", {}), time.monotonic()
-                    if event["type"] == "progress" and data.get("node") == "adjoint" and timing is None:
-                        for k in (1, 2):
-                            if data["value"] >= k * steps:
-                                ends.setdefault(k, now)          # iteration k ended
-                        if 2 in ends:
-                            iteration = ends[2] - ends[1]
-                            await asyncio.sleep(iteration / 2)   # into the middle of iteration 3
-                            interrupted_at = time.monotonic()
-                            async with session.post(f"{server.url}/interrupt", json={}) as r:
-                                assert r.status == 200
-                            timing = iteration, interrupted_at
-                    elif event["type"] == "execution_interrupted" and data.get("prompt_id") == prompt_id:
-                        return prompt_id, timing, now
+            async for prompt_id, event in server.events(session, g):
+                if event is None:
+                    continue
+                data, now = event.get("data", {}), time.monotonic()
+                if event["type"] == "progress" and data.get("node") == "adjoint" and timing is None:
+                    for k in (1, 2):
+                        if data["value"] >= k * steps:
+                            ends.setdefault(k, now)          # iteration k ended
+                    if 2 in ends:
+                        iteration = ends[2] - ends[1]
+                        await asyncio.sleep(iteration / 2)   # into the middle of iteration 3
+                        interrupted_at = time.monotonic()
+                        async with session.post(f"{server.url}/interrupt", json={}) as r:
+                            assert r.status == 200
+                        timing = iteration, interrupted_at
+                elif event["type"] == "execution_interrupted" and data.get("prompt_id") == prompt_id:
+                    return prompt_id, timing, now
+        raise AssertionError("the prompt ended without execution_interrupted")
 
     prompt_id, (iteration, interrupted_at), ended_at = asyncio.run(asyncio.wait_for(watch(), 300))
     latency, step = ended_at - interrupted_at, iteration / steps
@@ -196,25 +193,18 @@ def test_gap_in_conditioning_is_a_clear_error(server):
 
 def test_progress_over_iterations_times_steps_and_a_preview_each_iteration(server):
     import asyncio
-    import json
 
     import aiohttp
 
     async def watch():
         events, previews = [], 0
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}") as ws:
-                prompt_id = server.queue(graph(sampler_inputs={"iterations": 3, "seed": 21}))
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        previews += 1
-                        continue
-                    event = json.loads(msg.data)
+            async for _, event in server.events(session, graph(sampler_inputs={"iterations": 3, "seed": 21})):
+                if event is None:
+                    previews += 1
+                else:
                     events.append(event)
-                    data = event.get("data", {})
-                    if event["type"] == "executing" and data.get("node") is None \
-                            and data.get("prompt_id") == prompt_id:
-                        return events, previews
+        return events, previews
 
     events, previews = asyncio.run(asyncio.wait_for(watch(), 300))
     ours = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == "adjoint"]

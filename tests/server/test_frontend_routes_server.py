@@ -232,24 +232,19 @@ def run_with_events(server, g):
     import aiohttp
 
     async def watch():
-        events, executed = [], None
+        events, executed, prompt_id = [], None, None
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}") as ws:
-                prompt_id = server.queue(g)
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    event = json.loads(msg.data)
-                    data = event.get("data", {})
-                    if event["type"] == "adjoint_guidance.iteration":
-                        events.append(data)
-                    elif event["type"] == "executed" and data.get("node") == "adjoint":
-                        executed = data["output"]["adjoint_guidance_loss"][0]
-                    elif event["type"] == "execution_error":
-                        raise AssertionError(data.get("exception_message"))
-                    elif event["type"] == "executing" and data.get("node") is None \
-                            and data.get("prompt_id") == prompt_id:
-                        return prompt_id, events, executed
+            async for prompt_id, event in server.events(session, g):
+                if event is None:
+                    continue
+                data = event.get("data", {})
+                if event["type"] == "adjoint_guidance.iteration":
+                    events.append(data)
+                elif event["type"] == "executed" and data.get("node") == "adjoint":
+                    executed = data["output"]["adjoint_guidance_loss"][0]
+                elif event["type"] == "execution_error":
+                    raise AssertionError(data.get("exception_message"))
+        return prompt_id, events, executed
 
     return asyncio.run(asyncio.wait_for(watch(), 600))
 
