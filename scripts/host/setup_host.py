@@ -50,7 +50,10 @@ What a host folder holds
                            stand-ins: no CPU builds exist for torch 2.13) on sys.path
     ComfyUI/               the ComfyUI tree
     ComfyUI/custom_nodes/adjoint_guidance -> <repo>   (the pack, linked)
-    models/                tiny random models from a fixed seed (make_tiny_models.py)
+    models/                tiny random models from a fixed seed (make_tiny_models.py), and
+                           the toy-world demo model: text_encoders/toyworld-clip-l generated
+                           from a frozen random stream and checked (demo_model/text_encoder.py),
+                           unet/ and vae/ links to demo_model/'s trained weights
     extra_model_paths.yaml points ComfyUI at models/
     host.json              ComfyUI version, source and lock of this host
 
@@ -414,6 +417,26 @@ def build_models():
         "  clip: text_encoders\n  vae_approx: vae_approx\n  vae: vae\n  clip_vision: clip_vision\n")
 
 
+DEMO = REPO / "demo_model"
+DEMO_FILES = {"unet": "toyworld-unet.safetensors", "vae": "toyworld-taesd.safetensors"}
+DEMO_TEXT_ENCODER = "toyworld-clip-l.safetensors"
+
+
+def build_demo_models():
+    """The toy-world demo model: its text encoder generated here from a frozen random stream
+    (and checked against its SHA-256), its trained UNet and VAE linked from demo_model/."""
+    (MODELS / "text_encoders").mkdir(parents=True, exist_ok=True)
+    try:
+        run(PY, DEMO / "text_encoder.py", MODELS / "text_encoders" / DEMO_TEXT_ENCODER)
+    except subprocess.CalledProcessError:
+        raise SystemExit("[host] the demo text encoder could not be generated (output above)")
+    for sub, name in DEMO_FILES.items():
+        (MODELS / sub).mkdir(parents=True, exist_ok=True)
+        link = MODELS / sub / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(DEMO / name)
+
+
 def main(argv=None, browser: bool | None = None):
     """Build the host. browser: also make sure Debian's Chromium is there for tests/browser
     (default: on the command line yes, from Python no; run_tests.py asks for it)."""
@@ -450,6 +473,8 @@ def main(argv=None, browser: bool | None = None):
     stage("check", digest(SHIMS, extra=venv_key + comfy_key), check_comfyui)
     link_pack()
     stage("models", digest(HERE / "make_tiny_models.py", extra=str(MODELS)), build_models)
+    stage("demo-models", digest(DEMO / "text_encoder.py", *(DEMO / n for n in DEMO_FILES.values()),
+                                extra=str(MODELS)), build_demo_models)
     if browser:
         ensure_chromium()
     log(f"ready in {time.time() - t0:.1f} s: ComfyUI {COMFY_VERSION} at {COMFY}, python {PY}")

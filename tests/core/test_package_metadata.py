@@ -92,7 +92,7 @@ def test_registry_package_ships_what_the_frontend_fetches():
     # every node has its translation entry and help page, every template its picture
     defs = json.loads((REPO / "locales" / "en" / "nodeDefs.json").read_text(encoding="utf-8"))
     assert sorted(defs) == node_ids
-    # and nothing of the test hosts, outputs or caches goes with it
-    junk = [f for f in files if f.startswith((".host", "out/", "bench/results/")) or "__pycache__" in f
+    # and nothing of the test hosts, outputs, caches or the demo model (.comfyignore) goes with it
+    junk = [f for f in files if f.startswith((".host", "out/", "bench/results/", "demo_model/")) or "__pycache__" in f
             or f.endswith(".pyc")]
     assert not junk, junk[:10]
