@@ -1,15 +1,31 @@
 """The example workflows, written as API-format prompts: the source of example_workflows/.
 
 `python3 scripts/make_example_workflows.py` turns each into the frontend's format (what
-ComfyUI's template browser offers) with a real server's /object_info. Model names are
-the tiny test-host models; run_examples.py can swap in a user's own.
+ComfyUI's template browser offers) with a real server's /object_info. They run on the
+toy-world demo model (demo_model/: one coloured shape on a plain background, 64x64 px,
+captions like "a small yellow star at the top left on a green background"), which the
+test host links into its models; run_examples.py can swap in a user's own. The tiny
+random models (tiny_loaders) stay for the fast tests.
+
+Every node a contact sheet shows has a title (`_meta.title`): the workflow shows it on
+the canvas and scripts/run_examples.py labels the sheet's pictures with it.
 """
+UNET = "toyworld-unet.safetensors"
+CLIP = "toyworld-clip-l.safetensors"
+VAE = "toyworld-taesd.safetensors"
 TINY_UNET = "tiny-sd15-unet.safetensors"
 TINY_CLIP = "tiny-clip-l.safetensors"
 TINY_VAE = "taesd"
 
+SIZE = 64               # the toy world's pictures: 64x64 px, 8x8 latents
+STEPS = 20
+CFG = 4.0
+SAMPLER, SCHEDULER = "dpmpp_2m", "karras"   # the Adjoint Sampler's solver, so seed s unguided = its iteration 0
+MODEL, CLIP_OUT, VAE_OUT, NEGATIVE, LATENT = ["1", 0], ["2", 0], ["3", 0], ["4", 0], ["5", 0]
 
-def _loaders():
+
+def tiny_loaders():
+    """Loaders of the tiny random test models (nodes 1-3: MODEL, CLIP, VAE), for the fast tests."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_UNET, "weight_dtype": "default"}},
         "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": TINY_CLIP, "type": "stable_diffusion", "device": "default"}},
@@ -17,115 +33,174 @@ def _loaders():
     }
 
 
-def _stock_ksampler_from(positive: str, stem: str):
-    """Nodes 5-10 of the stock-sampler examples: negative prompt, empty latent, KSampler on
-    the positive conditioning of node `positive`, decode, and save image and latent."""
-    return {
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": [positive, 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 42, "steps": 12, "cfg": 6.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": stem}},
-        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"latents/{stem}"}},
-    }
+class Graph(dict):
+    """An API-format prompt built node by node. Nodes 1-5 are the same in every example:
+    the toy-world loaders, the empty negative prompt (the caption the model learned as
+    "no caption", what CFG pushes away from) and a 64x64 empty latent."""
+
+    def __init__(self):
+        super().__init__()
+        self.add("UNETLoader", unet_name=UNET, weight_dtype="default")
+        self.add("CLIPLoader", clip_name=CLIP, type="stable_diffusion", device="default")
+        self.add("VAELoader", vae_name=VAE)
+        self.add("CLIPTextEncode", "Negative (empty caption)", clip=CLIP_OUT, text="")
+        self.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+
+    def add(self, class_type: str, title: str | None = None, **inputs) -> str:
+        node = str(len(self) + 1)
+        self[node] = {"class_type": class_type, "inputs": inputs}
+        if title:
+            self[node]["_meta"] = {"title": title}
+        return node
+
+    def encode(self, text: str, title: str) -> list:
+        return [self.add("CLIPTextEncode", title, clip=CLIP_OUT, text=text), 0]
+
+    def schedule(self, text: str, interpolation: str, title: str) -> list:
+        return [self.add("AdjointGuidance_PromptSchedule", title, clip=CLIP_OUT, model=MODEL, text=text,
+                         interpolation=interpolation, steps=STEPS, scheduler=SCHEDULER), 0]
+
+    def ksampler(self, positive: list, seed: int, title: str | None = None) -> list:
+        return [self.add("KSampler", title, model=MODEL, positive=positive, negative=NEGATIVE,
+                         latent_image=LATENT, seed=seed, steps=STEPS, cfg=CFG, sampler_name=SAMPLER,
+                         scheduler=SCHEDULER, denoise=1.0), 0]
+
+    def decode(self, latent: list) -> list:
+        return [self.add("VAEDecode", samples=latent, vae=VAE_OUT), 0]
+
+    def save(self, image: list, prefix: str, title: str) -> str:
+        return self.add("SaveImage", title, images=image, filename_prefix=prefix)
+
+    def picture(self, latent: list, prefix: str, title: str) -> list:
+        """Decode a latent and save it; returns the IMAGE."""
+        image = self.decode(latent)
+        self.save(image, prefix, title)
+        return image
+
+    def adjoint_sampler(self, positive: list, loss: list, seed: int, optimize: str, iterations: int,
+                        learning_rate: float) -> str:
+        """The Adjoint Sampler as the examples use it: the KSampler's steps, cfg, solver and
+        scheduler, exact gradients, Adam."""
+        return self.add("AdjointGuidance_AdjointSampler", "Adjoint Sampler", model=MODEL, positive=positive,
+                        negative=NEGATIVE, latent_image=LATENT, loss=loss, seed=seed, steps=STEPS, cfg=CFG,
+                        scheduler=SCHEDULER, solver=SAMPLER, gradient="exact", adjoint_steps=0,
+                        optimize=optimize, iterations=iterations, learning_rate=learning_rate,
+                        renormalize_noise=True, max_grad_norm=0.0, early_stop_patience=0, denoise=1.0,
+                        batch_mode="batched", gradient_memory="auto")
+
+    def guided(self, positive: list, loss: str, seed: int, prefix: str, title: str = "Save: guided",
+               suffix: str = "", **settings) -> str:
+        """The Adjoint Sampler on `loss` (settings: optimize, iterations, learning_rate), its
+        picture saved as prefix + suffix and its loss curve as prefix_loss_curve; returns the sampler."""
+        sampler = self.adjoint_sampler(positive, [loss, 0], seed, **settings)
+        self.picture([sampler, 0], prefix + suffix, title)
+        self.save([sampler, 3], f"{prefix}_loss_curve", "Save: loss curve")
+        return sampler
 
 
-def _adjoint_sampler(positive, loss, seed, optimize="noise", iterations=10):
-    """The Adjoint Sampler as the examples use it: 8 Karras steps, exact gradients, Adam 0.05."""
-    return {"class_type": "AdjointGuidance_AdjointSampler", "inputs": {
-        "model": ["1", 0], "positive": positive, "negative": ["5", 0], "latent_image": ["6", 0],
-        "loss": loss, "seed": seed, "steps": 8, "cfg": 3.0, "scheduler": "karras", "solver": "dpmpp_2m",
-        "gradient": "exact", "adjoint_steps": 0, "optimize": optimize, "iterations": iterations,
-        "learning_rate": 0.05, "renormalize_noise": True, "max_grad_norm": 0.0, "early_stop_patience": 0,
-        "denoise": 1.0, "batch_mode": "batched", "gradient_memory": "auto"}}
+# ---- the examples ----------------------------------------------------------------------------
+
+SCENE_A = "a red circle on a blue background"
+SCENE_B = "a yellow star on a green background"
 
 
 def stock_text_to_image():
-    return {
-        **_loaders(),
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a lighthouse on a cliff at dusk, oil painting"}},
-        **_stock_ksampler_from("4", "stock_text_to_image"),
-    }
+    g = Graph()
+    positive = g.encode("a large red circle in the centre on a blue background", "Prompt")
+    g.picture(g.ksampler(positive, seed=1), "text_to_image", "Save: result")
+    return dict(g)
 
 
-def prompt_schedule():
-    """Prompt Schedule with the stock KSampler: dusk held, blended into night step by step."""
-    return {
-        **_loaders(),
-        "4": {"class_type": "AdjointGuidance_PromptSchedule", "inputs": {
-            "clip": ["2", 0], "model": ["1", 0],
-            "text": ("# Dusk for the first 30 % of the steps, then a per-step blend that reaches night at 80 %.\n"
-                     "0: a lighthouse on a cliff at dusk, oil painting\n"
-                     "30%: a lighthouse on a cliff at dusk, oil painting\n"
-                     "80%: a lighthouse on a cliff at night, stars, oil painting"),
-            "interpolation": "linear", "steps": 12, "scheduler": "normal"}},
-        **_stock_ksampler_from("4", "prompt_schedule"),
-    }
+def _scene_alone(g: Graph, text: str, which: str, seed: int, prefix: str):
+    g.picture(g.ksampler(g.encode(text, f"{which} scene"), seed), f"{prefix}_{which.lower()}_alone",
+              f"Save: {which.lower()} scene alone")
 
 
-def adjoint_guided():
-    """Adjoint Sampler: optimise seed 1's noise and both scheduled prompts toward a reference."""
-    return {
-        **_loaders(),
-        "4": {"class_type": "AdjointGuidance_PromptSchedule", "inputs": {
-            "clip": ["2", 0], "model": ["1", 0],
-            "text": "0: a castle on a hill, morning light\n50%: a castle on a hill at night, moonlight",
-            "interpolation": "hold", "steps": 8, "scheduler": "karras"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 7, "steps": 8, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}},
-        "8": {"class_type": "AdjointGuidance_LossLatentTarget", "inputs": {
-            "target": ["7", 0], "metric": "mse", "weight": 1.0}},
-        "9": _adjoint_sampler(["4", 0], ["8", 0], seed=1, optimize="noise + prompt", iterations=12),
-        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["3", 0]}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "adjoint_guided"}},
-        "12": {"class_type": "SaveImage", "inputs": {"images": ["9", 3], "filename_prefix": "adjoint_guided_loss_curve"}},
-        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "latents/adjoint_guided"}},
-        "14": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 1], "filename_prefix": "latents/adjoint_guided_noise"}},
-    }
+SWITCH_AT = "80%"
+
+
+def prompt_schedule_switch():
+    """Prompt Schedule (hold) with the stock KSampler: one scene, then the other, switched
+    at one step; beside it each scene alone from the same seed."""
+    g, seed, prefix = Graph(), 7, "schedule_switch"
+    _scene_alone(g, SCENE_A, "First", seed, prefix)
+    text = f"0: {SCENE_A}\n{SWITCH_AT}: {SCENE_B}"
+    switched = g.ksampler(g.schedule(text, "hold", "Prompt Schedule (hold)"), seed)
+    g.picture(switched, prefix, f"Save: switched at {SWITCH_AT}")
+    _scene_alone(g, SCENE_B, "Second", seed, prefix)
+    return dict(g)
+
+
+def prompt_schedule_blend():
+    """Prompt Schedule blends with the stock KSampler: the same two keyframes, blended step by
+    step linearly and by slerp; beside them each scene alone from the same seed."""
+    g, seed, prefix = Graph(), 5, "schedule_blend"
+    _scene_alone(g, SCENE_A, "First", seed, prefix)
+    text = f"0: {SCENE_A}\n100%: {SCENE_B}"
+    for interpolation in ("linear", "slerp"):
+        blended = g.ksampler(g.schedule(text, interpolation, f"Prompt Schedule ({interpolation})"), seed)
+        g.picture(blended, f"{prefix}_{interpolation}", f"Save: {interpolation} blend")
+    _scene_alone(g, SCENE_B, "Second", seed, prefix)
+    return dict(g)
+
+
+COLOUR_PROMPT = "a large red square in the centre on an orange background"
+COLOUR_TARGET = "#2050c0"
 
 
 def colour_guided():
-    """Guidance Loss (Colour): the Adjoint Sampler pushes the picture's mean colour toward a blue."""
-    return {
-        **_loaders(),
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a lighthouse on a cliff at dusk, oil painting"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "AdjointGuidance_LossColour", "inputs": {
-            "vae": ["3", 0], "colour": "#2050c0", "colour_weight": 1.0, "brightness": 0.4, "brightness_weight": 0.0,
-            "contrast": 0.25, "contrast_weight": 0.0, "saturation": 0.4, "saturation_weight": 0.5}},
-        "8": _adjoint_sampler(["4", 0], ["7", 0], seed=42),
-        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}},
-        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "colour_guided"}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["8", 3], "filename_prefix": "colour_guided_loss_curve"}},
-    }
+    """Guidance Loss (Colour): the Adjoint Sampler turns a red scene toward an asked colour."""
+    g, seed, prefix = Graph(), 5, "colour_guided"
+    positive = g.encode(COLOUR_PROMPT, "Prompt")
+    g.picture(g.ksampler(positive, seed), f"{prefix}_unguided", "Save: unguided (same seed)")
+    loss = g.add("AdjointGuidance_LossColour", "Guidance Loss (Colour)", vae=VAE_OUT, colour=COLOUR_TARGET,
+                 colour_weight=1.0, brightness=0.4, brightness_weight=0.0, contrast=0.25, contrast_weight=0.0,
+                 saturation=0.4, saturation_weight=0.0)
+    g.guided(positive, loss, seed, prefix, optimize="noise + prompt", iterations=10, learning_rate=0.05)
+    return dict(g)
+
+
+REFERENCE_PROMPT = "a large white circle on a blue background"
+NEW_PROMPT = "a purple triangle on a blue background"
 
 
 def reference_guided():
-    """Guidance Loss (Image Target), low frequencies: a new prompt that keeps a reference's layout."""
-    return {
-        **_loaders(),
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a castle on a hill, morning light, oil painting"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "blurry, low quality"}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 7, "steps": 8, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "reference_guided_reference"}},
-        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a castle on a hill in a snowstorm at night, oil painting"}},
-        "11": {"class_type": "AdjointGuidance_LossImageTarget", "inputs": {
-            "vae": ["3", 0], "image": ["8", 0], "metric": "mse", "blur_sigma": 4.0, "weight": 1.0}},
-        "12": _adjoint_sampler(["10", 0], ["11", 0], seed=1),
-        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["3", 0]}},
-        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "reference_guided"}},
-        "15": {"class_type": "SaveImage", "inputs": {"images": ["12", 3], "filename_prefix": "reference_guided_loss_curve"}},
-    }
+    """Guidance Loss (Image Target), blurred: a new prompt pulled toward a reference's composition."""
+    g, seed, prefix = Graph(), 11, "reference_guided"
+    reference = g.picture(g.ksampler(g.encode(REFERENCE_PROMPT, "Reference prompt"), seed=7),
+                          f"{prefix}_reference", "Save: reference")
+    positive = g.encode(NEW_PROMPT, "New prompt")
+    g.picture(g.ksampler(positive, seed), f"{prefix}_unguided", "Save: new prompt, unguided")
+    loss = g.add("AdjointGuidance_LossImageTarget", "Guidance Loss (Image Target)", vae=VAE_OUT,
+                 image=reference, metric="mse", blur_sigma=4.0, weight=1.0)
+    g.guided(positive, loss, seed, prefix, optimize="noise", iterations=20, learning_rate=0.1)
+    return dict(g)
+
+
+REPLAY_PROMPT = "a green triangle on a white background"
+REPLAY_TARGET_PROMPT = "a large green triangle on a white background"
+
+
+def noise_replay():
+    """Adjoint Sampler optimises the noise toward a latent target; Noise From Latent and the
+    stock SamplerCustomAdvanced replay that noise and draw the same picture."""
+    g, seed, prefix = Graph(), 1, "noise_replay"
+    positive = g.encode(REPLAY_PROMPT, "Prompt")
+    g.picture(g.ksampler(positive, seed), f"{prefix}_unguided", f"Save: seed {seed}, unguided")
+    target = g.ksampler(g.encode(REPLAY_TARGET_PROMPT, "Target prompt"), seed=7, title="KSampler (target)")
+    g.picture(target, f"{prefix}_target", "Save: target")
+    loss = g.add("AdjointGuidance_LossLatentTarget", "Guidance Loss (Latent Target)", target=target,
+                 metric="mse", weight=1.0)
+    sampler = g.guided(positive, loss, seed, prefix, "Save: Adjoint Sampler", "_adjoint", optimize="noise",
+                       iterations=20, learning_rate=0.05)
+    noise = g.add("AdjointGuidance_NoiseFromLatent", "Noise From Latent", noise=[sampler, 1], seed=seed)
+    guider = g.add("CFGGuider", model=MODEL, positive=positive, negative=NEGATIVE, cfg=CFG)
+    stock = g.add("KSamplerSelect", sampler_name=SAMPLER)
+    sigmas = g.add("BasicScheduler", model=MODEL, scheduler=SCHEDULER, steps=STEPS, denoise=1.0)
+    replay = g.add("SamplerCustomAdvanced", "SamplerCustomAdvanced (replay)", noise=[noise, 0],
+                   guider=[guider, 0], sampler=[stock, 0], sigmas=[sigmas, 0], latent_image=LATENT)
+    g.picture([replay, 0], f"{prefix}_stock", "Save: stock replay")
+    return dict(g)
 
 
 # file stem -> (builder, note shown in the workflow). The template browser shows a custom node's
@@ -133,33 +208,47 @@ def reference_guided():
 WORKFLOWS = {
     "Text to Image (stock nodes)": (
         stock_text_to_image,
-        "Stock text-to-image on the pack's tiny test models: the pipeline check "
-        "that every later workflow builds on. Swap the loaders for your own models."),
-    "Adjoint Sampler (match a latent)": (
-        adjoint_guided,
-        "Adjoint Sampler: start from seed 1 and optimise its initial noise and both keyframes "
-        "of the Prompt Schedule so the result lands on the reference (here seed 7's sample; use "
-        "VAE Encode of your own image instead). Exact adjoint gradients, one network step's "
-        "activations at a time. Saves the image, the optimised noise and the loss curve."),
-    "Prompt Schedule (dusk to night)": (
-        prompt_schedule,
-        "Prompt Schedule: the prompt changes with the sampling step. Keyframe lines 'when: prompt' "
-        "(0-based step 12, 40%, or 0.4), A1111 edits [from:to:when] inside a prompt, and hold / "
-        "linear / slerp between keyframes. Give the schedule the KSampler's steps and scheduler; "
-        "with the MODEL connected each keyframe switches exactly at its step in the stock "
-        "KSampler (without it the switch points are approximate for non-SD1/SDXL models)."),
-    "Colour Guidance (toward a blue)": (
+        "Stock text-to-image on the toy-world demo model (one coloured shape on a plain "
+        "background, 64x64 px): the pipeline check that every later workflow builds on. "
+        "Swap the loaders for your own models and the size for theirs."),
+    "Prompt Schedule (switch scenes)": (
+        prompt_schedule_switch,
+        "Prompt Schedule, hold: the first scene (a red circle on blue) for the first 80 % of "
+        "the steps, then a hard switch to the second (a yellow star on green). The early steps "
+        "have laid out the picture (the blue background, where the shape sits and how large it "
+        "is); the last four steps recolour the shape toward yellow. Each scene alone (same "
+        "seed) is drawn beside it. Keyframe lines 'when: prompt' (0-based step 16, 80%, or 0.8); give "
+        "the schedule the KSampler's steps and scheduler, and with the MODEL connected each "
+        "keyframe switches exactly at its step in the stock KSampler."),
+    "Prompt Schedule (blend scenes)": (
+        prompt_schedule_blend,
+        "Prompt Schedule, blends: two keyframes, the first scene at step 0 and the second at "
+        "100 %, blended step by step, linearly and by slerp (spherical interpolation, which "
+        "keeps the embedding's norm), each with the stock KSampler, beside each scene alone "
+        "from the same seed. The early, mostly-first-scene steps place the shape; the late, "
+        "mostly-second-scene steps colour it and the background."),
+    "Colour Guidance (red to blue)": (
         colour_guided,
-        "Match a reference's colours: Guidance Loss (Colour) decodes each result with the VAE "
-        "(differentiably) and the Adjoint Sampler optimises the initial noise until the picture's "
-        "mean colour moves toward #2050c0 (pick your reference's mean colour) and its saturation "
-        "toward 0.4. Brightness and contrast have weight 0: left free. Saves the image and the "
-        "loss curve."),
-    "Reference Image (keep the layout)": (
+        "Guidance Loss (Colour) decodes each result with the VAE (differentiably) and the "
+        "Adjoint Sampler optimises the initial noise and the prompt embedding (10 iterations) "
+        "until the mean colour of a red square on orange moves toward #2050c0: the picture "
+        "turns blue. Only the mean colour is asked (brightness, contrast and saturation have "
+        "weight 0), so more iterations end in a plain blue field. Saves the unguided picture "
+        "(stock KSampler, same seed), the guided one and the loss curve."),
+    "Reference Image (keep the composition)": (
         reference_guided,
-        "Stay close to a reference image while following a new prompt: the reference (here a "
-        "stock KSampler picture of a morning castle; use Load Image for your own) is compared "
-        "with each result after a Gaussian blur (blur_sigma 4 px), so the layout and colours "
-        "follow it while the new prompt (a snowstorm at night) decides the detail. Saves the "
-        "reference, the image and the loss curve."),
+        "Follow a new prompt but keep a reference's composition: the reference (a stock "
+        "KSampler picture; use Load Image for your own) is compared with each result after a "
+        "Gaussian blur (blur_sigma 4 px). Only the noise is optimised, so the picture stays "
+        "what the new prompt asks (a purple shape on blue) while where the shape sits and how "
+        "large it is move toward the reference's white circle. Saves the reference, the new "
+        "prompt unguided (same seed), the guided picture and the loss curve."),
+    "Noise Replay (stock sampler)": (
+        noise_replay,
+        "The Adjoint Sampler optimises seed 1's noise toward a target latent (here a stock "
+        "picture of a large green triangle, seed 7; use VAE Encode of your own picture); its "
+        "optimized_noise then goes through Noise From "
+        "Latent into the stock SamplerCustomAdvanced (same sampler, scheduler, steps and cfg), "
+        "which draws the same picture: the optimised noise is an ordinary starting noise, "
+        "usable with the stock samplers."),
 }

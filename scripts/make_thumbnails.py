@@ -45,6 +45,7 @@ STOCK_NAMES = {
     "KSampler": "KSampler", "VAEDecode": "VAE Decode", "VAEEncode": "VAE Encode",
     "SaveImage": "Save Image", "PreviewImage": "Preview Image", "SaveLatent": "Save Latent",
     "LoadImage": "Load Image", "SamplerCustomAdvanced": "SamplerCustom Advanced",
+    "CFGGuider": "CFG Guider", "KSamplerSelect": "KSampler Select", "BasicScheduler": "Basic Scheduler",
 }
 SKIPPED = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 

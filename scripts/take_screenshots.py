@@ -5,13 +5,13 @@
 Sets up the test host if needed (as run_tests.py does, Chromium included), starts a real
 ComfyUI server on it, opens the frontend, and saves:
 
-    adjoint_sampler_loss_curve.png   the Adjoint Sampler of the adjoint-guided example
+    adjoint_sampler_loss_curve.png   the Adjoint Sampler of the example with a latent target
                                      after a run from the Run button, with its loss curve
     prompt_schedule_timeline.png     a Prompt Schedule with the time line of its text
     adjoint_sampler_vue.png          the same Adjoint Sampler with the Vue node renderer
 
-The models are the test host's tiny random ones, so the pictures show the nodes, not
-good images. Runs under the host's venv (it has Playwright), re-executing itself there.
+The examples run on the toy-world demo model the test host links in (demo_model/).
+Runs under the host's venv (it has Playwright), re-executing itself there.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def shoot(out: Path):
     with ComfyServer(Path(tempfile.mkdtemp(prefix="ag-shots-"))) as server, sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
-            stem, wf = example(SAMPLER, SCHEDULE, "AdjointGuidance_LossLatentTarget")
+            stem, wf = example(SAMPLER, "AdjointGuidance_LossLatentTarget")
             for mode, name in (("classic", "adjoint_sampler_loss_curve.png"), ("vue", "adjoint_sampler_vue.png")):
                 ui = ComfyPage.open(browser, server.url, mode, viewport=VIEWPORT)
                 if mode == "vue" and not ui.has_setting(VUE_SETTING):

@@ -113,8 +113,8 @@ def test_an_all_zero_mask_gives_a_zero_loss_without_nan(server):
     assert all(g is not None and math.isfinite(g) and g == 0.0 for g in report["grad_norms"][:2])
 
 
-@pytest.mark.parametrize("stem, prefix", [("Colour Guidance (toward a blue)", "colour_guided"),
-                                          ("Reference Image (keep the layout)", "reference_guided")])
+@pytest.mark.parametrize("stem, prefix", [("Colour Guidance (red to blue)", "colour_guided"),
+                                          ("Reference Image (keep the composition)", "reference_guided")])
 def test_example_workflow_runs_and_lowers_its_loss(server, stem, prefix):
     """The example workflow file, as the main command (scripts/run_examples.py) runs it."""
     import json

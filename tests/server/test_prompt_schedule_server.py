@@ -30,7 +30,7 @@ _seeds = itertools.count(1000)
 
 def base():
     """Loaders, a 4×4 latent (fast on CPU) and the four cached prompt encoders."""
-    p = example_sources._loaders()
+    p = example_sources.tiny_loaders()
     p["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
     for text, key in ((A, "A"), (B, "B"), (C, "C"), (NEG, "NEG")):
         p[ENC[key]] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": text}}
@@ -260,12 +260,14 @@ def test_a_keyframe_typo_runs_with_a_warning_in_the_timeline(server):
 # --------------------------------------------------------------------------- the example workflow
 
 def test_prompt_schedule_example_workflow_runs(server):
-    ui = json.loads((REPO / "example_workflows" / "Prompt Schedule (dusk to night).json").read_text())
+    ui = json.loads((REPO / "example_workflows" / "Prompt Schedule (blend scenes).json").read_text())
     api = ui_to_api(ui, server.object_info())
     assert {n["class_type"] for n in api.values()} >= {PS, "KSampler"}
     entry = server.run(api)
-    (node,) = [k for k, v in api.items() if v["class_type"] == PS]
-    tl = timeline(entry, node)
-    assert tl["percents"] == "model" and any(w["kind"] == "blend" for w in tl["entries"])
+    nodes = [k for k, v in api.items() if v["class_type"] == PS]   # the linear and the slerp blend
+    assert len(nodes) == 2
+    for node in nodes:
+        tl = timeline(entry, node)
+        assert tl["percents"] == "model" and any(w["kind"] == "blend" for w in tl["entries"])
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert images and server.view(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
