@@ -120,7 +120,9 @@ def test_float32_batch_equals_one_by_one_to_its_round_off(solver, method):
               renormalize_noise=True, max_grad_norm=2.0)
     batched = adjoint.optimize(den, eps, sigmas, cond, squared_distance(targets), per_sample=True, seed=SEEDS, **kw)
     difference = max_difference(batched, one_by_one(den, sigmas, eps, targets, cond, **kw))
-    assert 0 < difference <= TOLERANCE[torch.float32]     # the batched matmul does round differently
+    # The batched matmul may round differently from one row at a time, or not at all: which,
+    # depends on the CPU's kernels (0.0 on an AMD EPYC here, round-off on CI's machine).
+    assert difference <= TOLERANCE[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
