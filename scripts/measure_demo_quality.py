@@ -57,22 +57,6 @@ HEADS = ("colour", "background", "shape")
 
 # ----------------------------------------------------------------------------- host
 
-def _in_host_venv() -> bool:
-    import setup_host
-    return Path(sys.prefix).resolve() == setup_host.VENV.resolve()
-
-
-def bootstrap(argv, comfyui=None):
-    """Under any python3: make sure the host exists, then exec under its venv."""
-    import setup_host
-    if comfyui:
-        setup_host.configure(comfyui=comfyui)
-    if _in_host_venv():
-        return
-    setup_host.main(browser=False)
-    os.execv(str(setup_host.PY), [str(setup_host.PY), str(Path(__file__).resolve()), *argv])
-
-
 def comfy_nodes():
     """ComfyUI's own `nodes` module, imported in this process with --cpu (the stock loaders
     and KSampler live there). A process that already imported ComfyUI (the test suite's
@@ -206,6 +190,13 @@ def vae_psnr(vae, seed: int = VAE_SEED, n: int = VAE_N) -> float:
     return -10 * math.log10(max(mse, 1e-12))
 
 
+def model_digests() -> dict:
+    """SHA-256 (first 16 hex digits) of the files measured, so the numbers name their model."""
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in (DEMO / UNET, DEMO / VAE, JUDGE)}
+
+
 def failures(results: dict) -> list[str]:
     t = THRESHOLDS
     out = []
@@ -242,6 +233,7 @@ def measure(n: int = DEFAULT_N, batch: int = 100, settings=None, log=print) -> d
         "vae_real": {"seed": VAE_SEED, "n": VAE_N, "scenes": "held-out triples"},
         "thresholds": THRESHOLDS,
         "misses": misses,
+        "model_files": model_digests(),
         "comfyui": comfy_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "seconds": round(time.time() - t0, 1),
     }
@@ -276,7 +268,8 @@ def main(argv=None):
     ap.add_argument("--sampler", help=f"override the sampler ({SETTINGS['sampler_name']})")
     ap.add_argument("--scheduler", help=f"override the scheduler ({SETTINGS['scheduler']})")
     args = ap.parse_args(argv)
-    bootstrap(argv, args.comfyui)
+    import setup_host
+    setup_host.run_under_host(__file__, argv, comfyui=args.comfyui)
     missing = [p for p in (DEMO / UNET, DEMO / VAE, JUDGE) if not p.exists()]
     if missing:
         print("measure_demo_quality: missing " + ", ".join(str(p) for p in missing)

@@ -437,6 +437,17 @@ def build_demo_models():
         link.symlink_to(DEMO / name)
 
 
+def run_under_host(script, argv, comfyui=None, browser: bool = False) -> None:
+    """For a script run by any python3: build (or check) the host, then exec the script again
+    under the host's venv with the same arguments. Returns at once when already there."""
+    if comfyui:
+        configure(comfyui=comfyui)
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    main(browser=browser)
+    os.execv(str(PY), [str(PY), str(Path(script).resolve()), *argv])
+
+
 def main(argv=None, browser: bool | None = None):
     """Build the host. browser: also make sure Debian's Chromium is there for tests/browser
     (default: on the command line yes, from Python no; run_tests.py asks for it)."""
