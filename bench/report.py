@@ -498,3 +498,249 @@ def batch_text(results: list[dict]) -> str:
             f"{min(a['cpu_s']):.2f} s vs {min(b['cpu_s']):.2f} s; medians: CPU {res['cpu_time_ratio']:.2f}, wall "
             f"{res['time_ratio']:.2f}); peak {a['peak_mb']:.1f} vs {b['peak_mb']:.1f} MB; losses agree to "
             f"{res['max_rel_loss_difference']:.1e}")
+
+
+# ----- the demo-guidance job (bench/demo_guidance.py): loss against wall time on the demo model --------
+
+DEMO_ORDER = ["exact", "adjointdeis-1", "adjointdeis-2m", "greedy"]
+
+
+def quantile(values: list, q: float) -> float:
+    """The q-quantile of values (linear interpolation between order statistics, as numpy's
+    default); inf values sort last. NaN for an empty list."""
+    v = sorted(values)
+    if not v:
+        return math.nan
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if lo == hi or v[lo] == v[hi]:
+        return v[lo]
+    if math.isinf(v[hi]):
+        return math.inf
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def median(values: list) -> float:
+    return quantile(values, 0.5)
+
+
+def best_so_far(times: list, rel: list, t: float) -> float:
+    """The best relative loss known at wall time t: the minimum over the iterates whose loss
+    was known by then, 1 (the start) before the first."""
+    return min([1.0] + [r for tk, r in zip(times, rel) if tk <= t])
+
+
+def time_to_reach(times: list, rel: list, level: float) -> float:
+    """The wall time at which an iterate with relative loss ≤ level was first known; inf if never."""
+    return next((tk for tk, r in zip(times, rel) if r <= level), math.inf)
+
+
+CLOCKS = {"time_s": "wall time", "cpu_time_s": "CPU time of the worker"}
+
+
+def demo_summary(res: dict, levels=(0.75, 0.5, 0.25), fractions=(0.25, 0.5, 1.0), clock: str = "time_s") -> dict:
+    """Medians over seeds of the demo-guidance runs, per method, on `clock`: "time_s" (wall
+    time) or "cpu_time_s" (the worker's CPU time: one thread, so equal to the wall time on
+    an idle core and unaffected by other processes sharing it).
+
+    Losses are relative to the seed's start loss (iterate 0, the same noise for every
+    method). rel_at: the best relative loss known at the wall-time points `fractions` × T,
+    T = the shortest of the methods' median run times (every method still running there).
+    time_to: the median over seeds of the time to reach level × the start loss (inf when
+    a seed never does; so the median is inf when more than half never do); ratio_vs_exact:
+    that median divided by exact's (NaN unless both are finite); also the median of the
+    per-seed ratios over the seeds where both reach it.
+    """
+    runs, seeds = res["runs"], [str(s) for s in res["seeds"]]
+    names = [m for m in DEMO_ORDER if m in runs] + [m for m in runs if m not in DEMO_ORDER]
+    start = {s: runs[names[0]][s]["loss"][0] for s in seeds}
+    start_spread = max(abs(runs[m][s]["loss"][0] - start[s]) / abs(start[s]) for m in names for s in seeds)
+    rel = {m: {s: [v / start[s] for v in runs[m][s]["loss"]] for s in seeds} for m in names}
+    ends = {m: median([runs[m][s][clock][-1] for s in seeds]) for m in names}
+    horizon = min(ends.values())
+    points = [round(f * horizon, 1) for f in fractions]
+    k = res["iterations"]
+    out = {"clock": clock, "clock_name": CLOCKS[clock], "levels": list(levels), "time_points_s": points, "horizon_s": horizon, "start_loss": start,
+           "start_loss_spread": start_spread, "methods": {}}
+    diag = res.get("diagnostics") or {}
+    for m in names:
+        r = {s: runs[m][s] for s in seeds}
+        times = {s: r[s][clock] for s in seeds}
+        best = {s: min(rel[m][s] + [r[s]["final_iterate_loss"] / start[s]]) for s in seeds}
+        counts = r[seeds[0]]["net_counts"]
+        row = {
+            "s_per_iteration": median([times[s][-1] / len(times[s]) for s in seeds]),
+            "cpu_s_per_run": median([r[s]["cpu_s"] for s in seeds]),
+            "run_s": ends[m],
+            "peak_mb": median([r[s]["peak_mb"] for s in seeds]),
+            "peak_mb_range": [min(r[s]["peak_mb"] for s in seeds), max(r[s]["peak_mb"] for s in seeds)],
+            "net_counts_per_run": counts,
+            "best_rel": median(list(best.values())),
+            "best_rel_iqr": [quantile(list(best.values()), 0.25), quantile(list(best.values()), 0.75)],
+            "rel_at": [median([best_so_far(times[s], rel[m][s], t) for s in seeds]) for t in points],
+            "rel_at_iqr": [[quantile([best_so_far(times[s], rel[m][s], t) for s in seeds], q) for q in (0.25, 0.75)]
+                           for t in points],
+            "time_to": {}, "reached": {}, "ratio_vs_exact": {},
+        }
+        if m != "exact":
+            key = f"cos_{m}_vs_exact"
+            vals = [d[key] for d in diag.values() if key in d]
+            row["cos_vs_exact"] = median(vals) if vals else None
+            row["cos_vs_exact_range"] = [min(vals), max(vals)] if vals else None
+        for lv in levels:
+            per_seed = {s: time_to_reach(times[s], rel[m][s], lv) for s in seeds}
+            row["time_to"][str(lv)] = median(list(per_seed.values()))
+            row["reached"][str(lv)] = sum(math.isfinite(v) for v in per_seed.values())
+            row.setdefault("time_to_per_seed", {})[str(lv)] = per_seed
+        out["methods"][m] = row
+    if "exact" in out["methods"]:
+        ex = out["methods"]["exact"]
+        for m, row in out["methods"].items():
+            for lv in levels:
+                a, b = row["time_to"][str(lv)], ex["time_to"][str(lv)]
+                # the ratio of the median times; NaN unless both reach the level in the median seed
+                row["ratio_vs_exact"][str(lv)] = a / b if math.isfinite(a) and math.isfinite(b) else math.nan
+                per_seed = [row["time_to_per_seed"][str(lv)][s] / ex["time_to_per_seed"][str(lv)][s] for s in seeds
+                            if math.isfinite(row["time_to_per_seed"][str(lv)][s])
+                            and math.isfinite(ex["time_to_per_seed"][str(lv)][s])]
+                row.setdefault("ratio_vs_exact_seeds_both_reach", {})[str(lv)] = {
+                    "median": median(per_seed) if per_seed else math.nan, "seeds": len(per_seed)}
+    for lv in levels:
+        ranked = sorted(((row["time_to"][str(lv)], m) for m, row in out["methods"].items()))
+        out.setdefault("first_to", {})[str(lv)] = ranked[0][1] if math.isfinite(ranked[0][0]) else None
+    diag_vals = list(diag.values())
+    if diag_vals:
+        out["jacobian"] = {"cos_Jv_v": median([d["cos_Jv_v"] for d in diag_vals]),
+                           "norm_Jv_over_v": median([d["norm_Jv_over_v"] for d in diag_vals])}
+    return out
+
+
+def _fmt_t(v: float) -> str:
+    return "not reached" if not math.isfinite(v) else f"{v:.1f}"
+
+
+def _fmt_ratio(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return "∞" if math.isinf(v) else f"{v:.2f}"
+
+
+def demo_markdown(res: dict, summ: dict) -> str:
+    """The median table of the demo-guidance job, Markdown."""
+    pts = summ["time_points_s"]
+    n_seeds = len(res["seeds"])
+    head = (["method", f"{summ['clock_name']} s / iteration", "peak MB", "fwd / fwd+grad / VJP per run", "cos with exact at x_T"]
+            + [f"L/L₀ at {t:g} s" for t in pts] + [f"best of {res['iterations']} it. + final"]
+            + [f"time to {lv:g}·L₀ s (seeds)" for lv in summ["levels"]]
+            + [f"× exact ({lv:g}·L₀)" for lv in summ["levels"]])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, r in summ["methods"].items():
+        c = r["net_counts_per_run"]
+        cells = [f"**{m}**" if m == "exact" else m, f"{r['s_per_iteration']:.2f}", f"{r['peak_mb']:.1f}",
+                 f"{c['forwards']} / {c['forwards_with_grad']} / {c['vjps']}",
+                 "1" if m == "exact" else (f"{r['cos_vs_exact']:.2f}" if r.get("cos_vs_exact") is not None else "—")]
+        cells += [f"{v:.3f}" for v in r["rel_at"]] + [f"{r['best_rel']:.3f}"]
+        cells += [f"{_fmt_t(r['time_to'][str(lv)])} ({r['reached'][str(lv)]}/{n_seeds})" for lv in summ["levels"]]
+        cells += [_fmt_ratio(r["ratio_vs_exact"][str(lv)]) for lv in summ["levels"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def demo_text(res: dict, summ: dict) -> str:
+    """What the table says, in sentences (printed by run_bench and for the README)."""
+    wl = res["workload"]
+    out = [f"Demo guidance ({wl['loss']}; caption '{wl['caption']}', CFG {wl['cfg']:g}, N = {res['N']}, "
+           f"{res['iterations']} Adam iterations at lr {res['lr']:g}, seeds {', '.join(map(str, res['seeds']))}; "
+           f"losses relative to each seed's start loss L₀, times on the {summ['clock_name']}, medians over seeds):"]
+    jac = summ.get("jacobian")
+    if jac:
+        out.append(f"  sampler Jacobian dx_0/dx_T along a random v: cos(Jv, v) = {jac['cos_Jv_v']:.3f}, "
+                   f"|Jv|/|v| = {jac['norm_Jv_over_v']:.3f} (the identity greedy assumes: 1 and 1)")
+    ms = summ["methods"]
+    ex = ms.get("exact")
+    out.append("  best L/L₀ of the run (median [IQR]): " + ", ".join(
+        f"{m} {o['best_rel']:.3f} [{o['best_rel_iqr'][0]:.3f}, {o['best_rel_iqr'][1]:.3f}]" for m, o in ms.items())
+        + f"; at {summ['time_points_s'][-1]:g} s: " + ", ".join(f"{m} {o['rel_at'][-1]:.3f}" for m, o in ms.items()))
+    out.append("  s / iteration and peak MB above the model (median): " + ", ".join(
+        f"{m} {o['s_per_iteration']:.2f} s, {o['peak_mb']:.1f} MB" for m, o in ms.items()))
+    for lv in summ["levels"]:
+        first = summ["first_to"][str(lv)]
+        if first is None:
+            out.append(f"  {lv:g}·L₀: no method reached it in the median seed")
+            continue
+        r = ms[first]
+        others = [f"{m} " + (f"{o['time_to'][str(lv)]:.1f} s" if math.isfinite(o['time_to'][str(lv)]) else
+                             f"not reached ({o['reached'][str(lv)]}/{len(res['seeds'])} seeds)")
+                  for m, o in ms.items() if m != first]
+        out.append(f"  {lv:g}·L₀ first: {first} in {r['time_to'][str(lv)]:.1f} s (median; {r['reached'][str(lv)]}/"
+                   f"{len(res['seeds'])} seeds reach it) at {r['peak_mb']:.1f} MB peak; " + ", ".join(others)
+                   + (f"; time vs exact (ratio of the medians): " + ", ".join(
+                       f"{m} {_fmt_ratio(o['ratio_vs_exact'][str(lv)])}" for m, o in ms.items() if m != "exact")
+                      if ex else ""))
+    lc = res.get("loop_check")
+    if lc:
+        out.append(f"  loop check: greedy's hand-written loop with the exact gradient reproduces adjoint.optimize's "
+                   f"losses to {lc['max_rel_difference']:.1e} ({lc['iterations']} iterations)")
+    return "\n".join(out)
+
+
+def _demo_grid_curves(res: dict, summ: dict, points: int = 160):
+    """Per method: (t, median, q25, q75) of the best relative loss known at t, on a grid up to
+    the method's median run time."""
+    runs, seeds = res["runs"], [str(s) for s in res["seeds"]]
+    out = {}
+    for m, row in summ["methods"].items():
+        end = row["run_s"]
+        curve = []
+        for i in range(points + 1):
+            t = end * i / points
+            vals = [best_so_far(runs[m][s][summ["clock"]], [v / summ["start_loss"][s] for v in runs[m][s]["loss"]], t)
+                    for s in seeds]
+            curve.append((t, median(vals), quantile(vals, 0.25), quantile(vals, 0.75)))
+        out[m] = curve
+    return out
+
+
+def demo_plot(res: dict, summ: dict, path: str, title: str):
+    """(a) median best relative loss vs wall time, IQR shaded; (b) the same vs iteration."""
+    from PIL import Image, ImageDraw, ImageFont
+    W, H = 1200, 500
+    img = Image.new("RGB", (W, H), (255, 255, 255))
+    d = ImageDraw.Draw(img, "RGBA")
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:       # Pillow < 10.1
+        font = ImageFont.load_default()
+    d.text((16, 8), title, fill=(0, 0, 0), font=font)
+    curves = _demo_grid_curves(res, summ)
+    vals = [v for c in curves.values() for p in c for v in p[1:]]
+    yr = (max(0.0, min(vals) - 0.05), 1.02)
+    tmax = max(c[-1][0] for c in curves.values())
+    lvl = 0.5 if 0.5 in summ["levels"] else summ["levels"][0]
+    pa = Panel(d, font, (0, 24, W // 2, H), f"(a) best loss / L0 vs {summ['clock_name']} (median of "
+               f"{len(res['seeds'])} seeds, IQR shaded)", f"{summ['clock_name']} (s)", "L/L0", False, False,
+               (0, tmax * 1.02), yr)
+    for m, c in curves.items():
+        col = COLORS.get(m, (0, 0, 0))
+        poly = [pa.xy(t, q75) for t, _, _, q75 in c] + [pa.xy(t, q25) for t, _, q25, _ in reversed(c)]
+        d.polygon(poly, fill=col + (45,))
+    for m, c in curves.items():
+        pa.line([(t, med) for t, med, _, _ in c], COLORS.get(m, (0, 0, 0)), marker=False, width=3)
+    if yr[0] < lvl < yr[1]:
+        pa.line([(0, lvl), (tmax * 1.02, lvl)], (120, 120, 120), dashed=True, marker=False, width=1)
+    pa.legend(list(curves), "tr")
+
+    runs, seeds = res["runs"], [str(s) for s in res["seeds"]]
+    k = res["iterations"]
+    pb = Panel(d, font, (W // 2, 24, W, H), f"(b) the same vs Adam iteration (N = {res['N']} steps, lr {res['lr']:g})",
+               "iteration", "L/L0", False, False, (0, k - 1 + 0.5), yr)
+    for m in summ["methods"]:
+        pts = []
+        for it in range(k):
+            vs = [min(v / summ["start_loss"][s] for v in runs[m][s]["loss"][:it + 1]) for s in seeds]
+            pts.append((it, median(vs)))
+        pb.line(pts, COLORS.get(m, (0, 0, 0)), marker=True, width=2)
+    if yr[0] < lvl < yr[1]:
+        pb.line([(0, lvl), (k - 0.5, lvl)], (120, 120, 120), dashed=True, marker=False, width=1)
+    pb.legend(list(summ["methods"]), "tr")
+    img.save(path)

@@ -24,11 +24,32 @@ on a full-width SD1.5 UNet at 64² latents.
 
 --only runs the jobs with those labels and merges them into the published bench/bench.json
 (replacing the jobs of the same label; every job records when and under what load it ran).
+
+Job demo-guidance (CPU; bench/demo_guidance.py, worker.run_demo_guidance): guidance on the
+toy-world demo model (demo_model/: a trained SD1.5-class UNet at 8x8 latents, loaded with
+ComfyUI's own loaders, with its text encoder and TAESD VAE), where the sampling steps
+interact: Guidance Loss (Image Target, blur 4 px) on the decoded 64x64 picture toward a
+reference picture of another scene (a red circle of a given size and place; one reference
+per seed), caption "a red circle on a blue background", CFG 7, 20 steps of DPM-Solver++(2M)
+(karras). Per seed (5) and method (exact, adjointdeis-1, adjointdeis-2m, greedy), 10 Adam
+iterations on the noise at the same lr (0.05, the Adjoint Sampler's default), the loss of
+every iterate against the time it was known (wall and the worker's CPU time), the peak
+memory of the run; the medians over seeds (loss at fixed times, time to reach 75 / 50 /
+25 % of the start loss and its ratio to exact; on the wall clock when the worker had its
+core to itself, else on its CPU time) go to
+
+    <out>/demo_guidance.json, demo_guidance.png, demo_guidance.md
+
+(not into bench.json; a full run with the default --out, or --only demo-guidance, copies
+the JSON and the plot to bench/). Skipped, with a note, when the demo model's files are
+missing. `--only demo-guidance` runs just it (~10 min on 2 cores); `--report
+bench/demo_guidance.json` rebuilds its table and plot from the saved runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,19 +63,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "scripts" / "host"))
 
 VENV_PY = REPO / ".host" / "venv" / "bin" / "python"
-
-
-def _in_host_venv() -> bool:
-    return Path(sys.prefix).resolve() == (REPO / ".host" / "venv").resolve()
-
-
-def bootstrap(argv):
-    """Under any python3: make sure the host exists, then exec under its venv."""
-    if _in_host_venv():
-        return
-    import setup_host  # noqa: E402  (scripts/host)
-    setup_host.main()
-    os.execv(str(setup_host.PY), [str(setup_host.PY), str(Path(__file__).resolve()), *argv])
 
 
 def ensure_torchdiffeq():
@@ -73,7 +81,27 @@ ALL = ["exact", "adjointdeis-1", "adjointdeis-2m", "adjointdeis-1 M=N/2", "adjoi
 SUBSET = ["exact", "naive autograd", "checkpoint", "floor"]
 
 
+DEMO_METHODS = ["exact", "adjointdeis-1", "adjointdeis-2m", "greedy"]
+
+
+def demo_job(quick: bool, device: str) -> dict:
+    """The demo-guidance job (see the module docstring); CPU only."""
+    if quick:
+        return {"kind": "demo_guidance", "width": "toyworld", "latent": 8, "N": 5, "cfg": 7.0, "iterations": 2,
+                "seeds": [0, 1], "lr": 0.05, "check_iterations": 2, "methods": DEMO_METHODS, "diagnose": ["exact"],
+                "device": device, "label": "demo-guidance (quick)"}
+    return {"kind": "demo_guidance", "width": "toyworld", "latent": 8, "N": 20, "cfg": 7.0, "iterations": 10,
+            "seeds": [0, 1, 2, 3, 4], "lr": 0.05, "check_iterations": 2, "methods": DEMO_METHODS,
+            "diagnose": ["exact"], "device": device, "label": "demo-guidance"}
+
+
 def jobs(quick: bool, device: str):
+    if device == "cpu":
+        return _jobs(quick, device) + [demo_job(quick, device)]
+    return _jobs(quick, device)
+
+
+def _jobs(quick: bool, device: str):
     if quick:
         return [
             {"kind": "table", "width": "w32", "latent": 16, "Ns": [5], "reps": {"5": 2},
@@ -152,9 +180,65 @@ def machine_info(threads: int) -> dict:
             "platform": platform.platform()}
 
 
+def _json_safe(v):
+    """inf / NaN as None (strict JSON), recursively."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def write_demo(res: dict, out: Path, machine: dict, command: str, quick: bool, load0, load1, total: float,
+               publish: bool) -> None:
+    """The demo-guidance job's outputs: <out>/demo_guidance.json (the job's every run, the
+    medians), demo_guidance.md (the table), demo_guidance.png; printed; copied to bench/
+    when publish."""
+    import report
+    # the clock: wall time when the worker had its core to itself (CPU time ≥ 90 % of wall time
+    # in the median run), else its CPU time (one thread: what the wall time is on an idle core)
+    all_runs = [r for per_seed in res["runs"].values() for r in per_seed.values()]
+    share = report.median([r["cpu_s"] / r["total_s"] for r in all_runs])
+    has_cpu = all("cpu_time_s" in r for r in all_runs)
+    clock = "time_s" if share >= 0.9 or not has_cpu else "cpu_time_s"
+    summ = report.demo_summary(res, clock=clock)
+    summ["cpu_share"] = share
+    other = report.demo_summary(res, clock="cpu_time_s" if clock == "time_s" else "time_s") if has_cpu else None
+    doc = {"command": command, "quick": quick, "machine": machine, "loadavg_start": list(load0),
+           "loadavg_end": list(load1), "total_s": total, "summary": _json_safe(summ),
+           "summary_other_clock": _json_safe(other), "demo_guidance": res}
+    (out / "demo_guidance.json").write_text(json.dumps(doc, indent=1))
+    table, text = report.demo_markdown(res, summ), report.demo_text(res, summ)
+    text += (f"\n  clock: {summ['clock_name']} (the worker had the CPU {share:.0%} of its wall time in the median run)")
+    if other:
+        text += (f"; on the {other['clock_name']} instead, time to 0.5·L₀ vs exact: " + ", ".join(
+            f"{m} {report._fmt_ratio(o['ratio_vs_exact']['0.5'])}" for m, o in other["methods"].items()
+            if m != "exact" and "0.5" in o["ratio_vs_exact"]))
+    (out / "demo_guidance.md").write_text(table + "\n\n```\n" + text + "\n```\n")
+    wl = res["workload"]
+    kind = {"image_target": "image-target", "colour": "colour"}.get(wl["objective"]["kind"], wl["objective"]["kind"])
+    title = (f"Guidance on the toy-world demo model: {kind} loss on the decoded picture, N = {res['N']}, "
+             f"CFG {wl['cfg']:g}, {res['iterations']} Adam iterations; CPU ({machine.get('cpu') or 'cpu'}, "
+             f"{machine.get('torch_threads')} thread)")
+    report.demo_plot(res, summ, str(out / "demo_guidance.png"), title)
+    print()
+    print(table)
+    print()
+    print(text)
+    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f}; the job took {total:.0f} s")
+    print(f"results: {out / 'demo_guidance.json'}, {out / 'demo_guidance.png'}, {out / 'demo_guidance.md'}")
+    if publish:
+        shutil.copyfile(out / "demo_guidance.json", HERE / "demo_guidance.json")
+        shutil.copyfile(out / "demo_guidance.png", HERE / "demo_guidance.png")
+        print(f"published: {HERE / 'demo_guidance.json'}, {HERE / 'demo_guidance.png'}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    bootstrap(argv)
+    import setup_host  # noqa: E402  (scripts/host)
+    setup_host.run_under_host(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (N = 5 only, 2 reps)")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default bench/results)")
@@ -176,6 +260,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if args.report:
         summary = json.loads(args.report.read_text())
+        if "demo_guidance" in summary:      # a saved demo_guidance.json: rebuild its table and plot
+            write_demo(summary["demo_guidance"], out, summary["machine"], summary["command"], summary["quick"],
+                       summary["loadavg_start"], summary["loadavg_end"], summary["total_s"], publish=False)
+            return 0
         results, gpu, load0 = summary["jobs"], summary["gpu"], summary["loadavg_start"]
         threads = summary["machine"]["torch_threads"]
         cpu_results = [r for r in results if r["workload"]["device"] == "cpu"]
@@ -197,6 +285,7 @@ def main(argv=None):
               f"OMP_NUM_THREADS={threads}", flush=True)
 
         selected = jobs(args.quick, "cpu")
+        labels = set()
         if args.only:
             labels = {label.strip() for label in args.only.split(",")}
             unknown = labels - {spec["label"] for spec in selected}
@@ -204,9 +293,31 @@ def main(argv=None):
                 ap.error(f"--only: no job labelled {', '.join(sorted(unknown))}; labels: "
                          + ", ".join(spec["label"] for spec in selected))
             selected = [spec for spec in selected if spec["label"] in labels]
+        import demo_guidance
+        if any(spec["kind"] == "demo_guidance" for spec in selected) and not demo_guidance.models_present():
+            try:
+                demo_guidance.model_paths({})
+            except FileNotFoundError as e:
+                missing = str(e)
+            if args.only:
+                ap.error(f"--only: the demo-guidance job needs the demo model: {missing}")
+            print(f"[bench] skipping the demo-guidance job: {missing}", flush=True)
+            selected = [spec for spec in selected if spec["kind"] != "demo_guidance"]
+        cuda_selected = [spec for spec in jobs(args.quick, "cuda") if not args.only or spec["label"] in labels] \
+            if torch.cuda.is_available() else []
         results = []
         for spec in selected:
             results.append(run_job(spec, work, threads))
+        demo_results = [r for r in results if r["kind"] == "demo_guidance"]
+        results = [r for r in results if r["kind"] != "demo_guidance"]
+        publish = not args.quick and not args.no_publish and out == (HERE / "results").resolve()
+        for r in demo_results:
+            write_demo(r, out, machine_info(threads), "python3 bench/run_bench.py"
+                       + (" --quick" if args.quick else "") + (f" --only '{args.only}'" if args.only else ""),
+                       args.quick, load0, os.getloadavg(), r["wall_s"], publish=publish)
+        if args.only and not results and not cuda_selected:
+            print(f"total {time.time() - t_start:.0f} s")
+            return 0
         if args.only:
             earlier = json.loads((HERE / "bench.json").read_text())["jobs"]
             measured = {r["label"]: r for r in results}
@@ -214,9 +325,8 @@ def main(argv=None):
         gpu = {"available": torch.cuda.is_available()}
         if torch.cuda.is_available():
             gpu["name"] = torch.cuda.get_device_name(0)
-            for spec in jobs(args.quick, "cuda"):
-                if not args.only or spec["label"] in args.only.split(","):
-                    results.append(run_job(spec, work, threads))
+            for spec in cuda_selected:
+                results.append(run_job(spec, work, threads))
         else:
             gpu["note"] = ("No GPU was available to this run (torch.cuda.is_available() is False); the GPU rows "
                            "(full-width SD1.5 UNet at 64² latents) were not measured.")

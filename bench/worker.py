@@ -512,6 +512,174 @@ def run_guidance(spec: dict) -> dict:
             "lr": lr, "curves": curves, "equal_time_s": t_eq, "diagnostics": diagnostics}
 
 
+def _cos(a, b) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def _greedy_loop(wl, prob, iterations: int, lr: float, on_iteration, gradient_fn=None):
+    """adjoint.optimize's loop (joint mode, optimize_noise only, renormalize_noise=True, no
+    clipping, no early stop) with gradient_fn(wl, prob) -> (loss, ∂L/∂x_T) (default: the
+    greedy gradient, methods.greedy_gradient) in place of adjoint.gradient: Adam
+    (lr, betas (0.9, 0.999), foreach=False) on ε, ε.grad = σ_0·∂L/∂x_T, ε renormalised to
+    its initial norm after every step, then the final iterate forward-only. Returns that
+    final iterate's loss. on_iteration(k, loss) runs after each gradient, as optimize's
+    callback does."""
+    import adjoint
+    gradient_fn = gradient_fn or methods.greedy_gradient
+    eps = prob.noise.detach().clone()
+    init_norms = eps.flatten(1).norm(dim=1)
+    sigma0 = float(prob.sigmas[0])
+    opt = torch.optim.Adam([eps], lr=lr, betas=(0.9, 0.999), foreach=False)
+    for k in range(iterations):
+        loss, gx = gradient_fn(wl, workload.Problem(
+            x_init=sigma0 * eps, noise=eps, sigmas=prob.sigmas, schedule=prob.schedule,
+            loss_fn=prob.loss_fn, target=None, num_steps=prob.num_steps))
+        on_iteration(k, loss)
+        with torch.no_grad():
+            eps.grad = (sigma0 * gx).to(eps.dtype)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            eps.mul_((init_norms / eps.flatten(1).norm(dim=1).clamp_min(1e-30)).reshape(-1, 1, 1, 1))
+    with torch.no_grad():
+        traj = adjoint.sample(wl.denoiser, sigma0 * eps, prob.sigmas, prob.schedule)
+        return float(prob.loss_fn(traj.x0).sum())
+
+
+def _optimize_run(wl, prob, method: str, iterations: int, lr: float, on_iteration) -> float:
+    """adjoint.optimize on ε alone (the Adjoint Sampler's defaults: Adam, renormalize_noise);
+    returns the final iterate's loss (its forward-only evaluation)."""
+    import adjoint
+    res = adjoint.optimize(wl.denoiser, prob.noise, prob.sigmas, prob.schedule, prob.loss_fn, method=method,
+                           iterations=iterations, lr=lr, renormalize_noise=True,
+                           callback=lambda info: on_iteration(info.iteration, float(info.loss)))
+    return float(res.losses[-1])
+
+
+def run_demo_guidance(spec: dict) -> dict:
+    """Guidance on the toy-world demo model (bench/demo_guidance.py): for every seed and every
+    method, K Adam iterations on ε from that seed's noise, the loss of each iterate against
+    the wall time at which it was known, and the peak memory of the whole run.
+
+    exact / adjointdeis-1 / adjointdeis-2m run adjoint.optimize itself (timestamps from its
+    per-iteration callback); greedy runs the same loop by hand (`_greedy_loop`; that it is the
+    same loop is checked: with the exact gradient it reproduces adjoint.optimize's losses,
+    `loop_check`). Each run is one call in a fresh fork of the warmed-up worker (memory:
+    peak RSS above the fork's baseline), seeds outer, the method order rotated per seed.
+    Before the runs, at every seed's x_T (untimed, also the warm-up): the cosine of the
+    greedy gradient (and of the methods in spec["diagnose"]) with the exact one and a
+    finite-difference probe of the sampler's Jacobian along a random direction. Seed i's
+    objective uses the objective's reference picture i (demo_guidance.DEFAULT_OBJECTIVE)."""
+    import adjoint
+    import demo_guidance
+    device = spec.get("device", "cpu")
+    t_start = time.perf_counter()
+    wl, extras = demo_guidance.build_workload(spec)
+    n, iters, lr = spec["N"], spec["iterations"], spec.get("lr", 0.05)
+    seeds, names = list(spec["seeds"]), list(spec["methods"])
+    probs, descs = {}, {}
+    for i, s in enumerate(seeds):     # seed i: its noise and the objective's reference i
+        loss_fn, descs[s] = demo_guidance.make_loss(wl, extras, i)
+        probs[s] = demo_guidance.make_problem(wl, extras, loss_fn, n, s)
+    loss_desc = descs[seeds[0]] if len(set(descs.values())) == 1 else (
+        "Guidance Loss (Image Target): MSE of the decoded picture to a reference picture of another scene, one per "
+        f"seed (toy_world.render), blur σ {float(extras['objective'].get('blur_sigma', 0.0)):g} px")
+    print(f"  [demo] loaded in {time.perf_counter() - t_start:.1f} s; {loss_desc}", flush=True)
+
+    # diagnostics at x_T (and the warm-up of every method)
+    diagnostics = {}
+    for s in seeds:
+        prob = probs[s]
+        t0 = time.perf_counter()
+        grads = {m: methods.ours(wl, prob, m).grad_x for m in spec.get("diagnose", ["exact"])}
+        loss0, grads["greedy"] = methods.greedy_gradient(wl, prob)
+        ex = grads["exact"]
+        v = torch.randn(prob.x_init.shape, generator=torch.Generator().manual_seed(7 + s)).to(prob.x_init)
+        h = 1e-1
+        x0a = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule).x0
+        x0b = adjoint.sample(wl.denoiser, prob.x_init + h * v, prob.sigmas, prob.schedule).x0
+        jv = (x0b - x0a) / h
+        d = {f"cos_{m}_vs_exact": _cos(g, ex) for m, g in grads.items() if m != "exact"}
+        d.update(norm_ratio_greedy_vs_exact=float(grads["greedy"].norm() / ex.norm()),
+                 cos_Jv_v=_cos(jv, v), norm_Jv_over_v=float(jv.norm() / v.norm()), start_loss=loss0)
+        diagnostics[str(s)] = d
+        print(f"  [demo] seed {s}: loss {loss0:.4g}; cos vs exact: "
+              + ", ".join(f"{k[4:-9]} {v:.3f}" for k, v in d.items() if k.startswith("cos_") and k.endswith("_vs_exact"))
+              + f"; sampler Jacobian cos(Jv, v) {d['cos_Jv_v']:.3f}, "
+              f"|Jv|/|v| {d['norm_Jv_over_v']:.3f} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    _sync(device)
+
+    fork = forked_for(device)
+    probe = MemoryProbe(device)
+
+    def one_run(m: str, seed: int, k_iters: int, loop: str = "auto") -> dict:
+        prob = probs[seed]
+        times, cpu_times, losses = [], [], []
+        gc.collect()
+        probe.start()
+        wl.counter.reset()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+
+        def on_iteration(k, loss):
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+            losses.append(loss)
+        if m == "greedy":
+            final = _greedy_loop(wl, prob, k_iters, lr, on_iteration)
+        elif loop == "hand":       # the check: the hand loop with adjoint.gradient's exact gradient
+            final = _hand_loop_exact(wl, prob, k_iters, lr, on_iteration)
+        else:
+            final = _optimize_run(wl, prob, m, k_iters, lr, on_iteration)
+        _sync(device)
+        total = time.perf_counter() - t0
+        return {"time_s": times, "cpu_time_s": cpu_times, "loss": losses, "final_iterate_loss": final, "total_s": total,
+                "cpu_s": time.process_time() - c0, "peak_mb": probe.stop(), "net_counts": wl.counter.snapshot()}
+
+    def call(fn):
+        return fork(fn) if fork else fn()
+
+    loop_check = None
+    if spec.get("check_iterations", 0):
+        k = int(spec["check_iterations"])
+        a = call(lambda: one_run("exact", seeds[0], k))
+        b = call(lambda: one_run("exact", seeds[0], k, loop="hand"))
+        diff = max(abs(x - y) / max(abs(y), 1e-30) for x, y in zip(a["loss"] + [a["final_iterate_loss"]],
+                                                                   b["loss"] + [b["final_iterate_loss"]]))
+        loop_check = {"iterations": k, "seed": seeds[0], "optimize_losses": a["loss"] + [a["final_iterate_loss"]],
+                      "hand_loop_losses": b["loss"] + [b["final_iterate_loss"]], "max_rel_difference": diff}
+        print(f"  [demo] loop check: the hand loop (greedy's) with the exact gradient vs adjoint.optimize, "
+              f"{k} iterations: max rel. loss difference {diff:.1e}", flush=True)
+
+    runs = {m: {} for m in names}
+    for i, s in enumerate(seeds):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for m in order:
+            r = call(lambda: one_run(m, s, iters))
+            runs[m][str(s)] = r
+            print(f"  [demo] seed {s} {m:15s} loss {r['loss'][0]:.4g} -> best {min(r['loss'] + [r['final_iterate_loss']]):.4g} "
+                  f"in {r['time_s'][-1]:.1f} s ({r['total_s']:.1f} s with the final pass), peak {r['peak_mb']:.1f} MB "
+                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+    return {"kind": "demo_guidance", "workload": demo_guidance.describe(wl, extras, loss_desc), "N": n,
+            "iterations": iters, "lr": lr, "seeds": seeds, "methods": names, "runs": runs,
+            "diagnostics": diagnostics, "loop_check": loop_check, "memory_reset_ok": probe.reset_ok,
+            "optimiser": "Adam (lr, betas (0.9, 0.999)) on ε, renormalised to its initial norm after every "
+                         "step; the same lr for every method; adjoint.optimize for exact / adjointdeis-*, "
+                         "the same loop by hand for greedy",
+            "elapsed_s": time.perf_counter() - t_start}
+
+
+def _hand_loop_exact(wl, prob, iterations, lr, on_iteration):
+    """_greedy_loop's loop with adjoint.gradient's exact gradient (only for the loop check)."""
+    import adjoint
+
+    def exact_gradient(wl_, p):
+        res = adjoint.gradient(wl_.denoiser, p.x_init, p.sigmas, p.schedule, p.loss_fn, method="exact")
+        return float(res.loss), res.grad_x_init
+    return _greedy_loop(wl, prob, iterations, lr, on_iteration, exact_gradient)
+
+
 def main():
     spec = json.loads(Path(sys.argv[1]).read_text())
     # Python's cyclic collector takes ~0.2 s per full pass with ComfyUI imported; a pass
@@ -520,7 +688,8 @@ def main():
     gc.disable()
     torch.set_num_threads(int(spec.get("threads", 1)))
     torch.manual_seed(0)
-    runners = {"table": run_table, "guidance": run_guidance, "budget": run_budget, "batch": run_batch}
+    runners = {"table": run_table, "guidance": run_guidance, "budget": run_budget, "batch": run_batch,
+               "demo_guidance": run_demo_guidance}
     result = runners[spec["kind"]](spec)
     result["spec"] = spec
     result["torch_threads"] = torch.get_num_threads()

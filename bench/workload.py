@@ -97,6 +97,16 @@ class NetCounter:
         return {"forwards": self.forwards, "forwards_with_grad": self.forwards_with_grad,
                 "vjps": self.vjps}
 
+    def count_forward(self, x, cond):
+        """One denoiser call: with a graph when its inputs need one. Counted on entry:
+        torch.utils.checkpoint's recomputation stops early (right after the last tensor it
+        needs), so code after the network call may never run there."""
+        import torch
+        if torch.is_grad_enabled() and (x.requires_grad or cond.requires_grad):
+            self.forwards_with_grad += 1
+        else:
+            self.forwards += 1
+
     def _vjp_hook(self, grad):
         self.vjps += 1
         return grad
@@ -154,12 +164,7 @@ def build_workload(width: str, latent: int, device: str = "cpu", seed: int = SEE
         return lo.to(ls.dtype) + w
 
     def denoiser(x, sigma, cond):
-        # Counted on entry: torch.utils.checkpoint's recomputation stops early (right after
-        # the last tensor it needs), so code after the network call may never run there.
-        if torch.is_grad_enabled() and (x.requires_grad or cond.requires_grad):
-            counter.forwards_with_grad += 1
-        else:
-            counter.forwards += 1
+        counter.count_forward(x, cond)
         b = x.shape[0]
         sigma = sigma.to(device=x.device, dtype=x.dtype).reshape(())
         c_in = 1.0 / torch.sqrt(sigma * sigma + 1.0)
