@@ -438,6 +438,21 @@ def run_batch(spec: dict) -> dict:
             "max_rel_loss_difference": loss_diff, "elapsed_s": time.perf_counter() - t_start}
 
 
+def _cos(a, b) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def _sampler_jvp(wl, prob, seed: int, h: float = 1e-1):
+    """(Jv, v): how far the sampler map x_T -> x_0 is from the identity (what greedy
+    assumes), as a finite-difference Jacobian-vector product along a seeded random v."""
+    import adjoint
+    v = torch.randn(prob.x_init.shape, generator=torch.Generator().manual_seed(seed)).to(prob.x_init)
+    x0a = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule).x0
+    x0b = adjoint.sample(wl.denoiser, prob.x_init + h * v, prob.sigmas, prob.schedule).x0
+    return (x0b - x0a) / h, v
+
+
 def run_guidance(spec: dict) -> dict:
     """Adam on the unit noise ε (x_T = σ_max·ε), lr, betas as adjoint.optimize's defaults,
     ε renormalised to its initial norm after every step (as the Adjoint Sampler does).
@@ -453,19 +468,10 @@ def run_guidance(spec: dict) -> dict:
     ex = methods.ours(wl, prob, "exact")
     d1 = methods.ours(wl, prob, "adjointdeis-1")
     _, g_greedy = methods.greedy_gradient(wl, prob)
-
-    def cos(a, b):
-        return float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm()))
-    # how far the sampler map x_T → x_0 is from the identity (what greedy assumes):
-    # a finite-difference Jacobian-vector product along a random direction
-    v = torch.randn(prob.x_init.shape, generator=torch.Generator().manual_seed(7)).to(prob.x_init)
-    h = 1e-1
-    x0a = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule).x0
-    x0b = adjoint.sample(wl.denoiser, prob.x_init + h * v, prob.sigmas, prob.schedule).x0
-    jv = (x0b - x0a) / h
-    diagnostics = {"cos_greedy_vs_exact": cos(g_greedy, ex.grad_x),
-                   "cos_adjointdeis1_vs_exact": cos(d1.grad_x, ex.grad_x),
-                   "cos_Jv_v": cos(jv, v), "norm_Jv_over_v": float(jv.norm() / v.norm())}
+    jv, v = _sampler_jvp(wl, prob, seed=7)
+    diagnostics = {"cos_greedy_vs_exact": _cos(g_greedy, ex.grad_x),
+                   "cos_adjointdeis1_vs_exact": _cos(d1.grad_x, ex.grad_x),
+                   "cos_Jv_v": _cos(jv, v), "norm_Jv_over_v": float(jv.norm() / v.norm())}
     print(f"  [guidance] at x_T: cos(greedy, exact) = {diagnostics['cos_greedy_vs_exact']:.3f}, "
           f"cos(adjointdeis-1, exact) = {diagnostics['cos_adjointdeis1_vs_exact']:.3f}; "
           f"sampler Jacobian: cos(Jv, v) = {diagnostics['cos_Jv_v']:.3f}, "
@@ -510,11 +516,6 @@ def run_guidance(spec: dict) -> dict:
         c["loss_at_equal_time"] = min(v for t, v in zip(c["time_s"], c["loss"]) if t <= t_eq * 1.0001)
     return {"kind": "guidance", "workload": workload.describe(wl), "N": n, "iterations": iters,
             "lr": lr, "curves": curves, "equal_time_s": t_eq, "diagnostics": diagnostics}
-
-
-def _cos(a, b) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def _greedy_loop(wl, prob, iterations: int, lr: float, on_iteration, gradient_fn=None):
@@ -594,11 +595,7 @@ def run_demo_guidance(spec: dict) -> dict:
         grads = {m: methods.ours(wl, prob, m).grad_x for m in spec.get("diagnose", ["exact"])}
         loss0, grads["greedy"] = methods.greedy_gradient(wl, prob)
         ex = grads["exact"]
-        v = torch.randn(prob.x_init.shape, generator=torch.Generator().manual_seed(7 + s)).to(prob.x_init)
-        h = 1e-1
-        x0a = adjoint.sample(wl.denoiser, prob.x_init, prob.sigmas, prob.schedule).x0
-        x0b = adjoint.sample(wl.denoiser, prob.x_init + h * v, prob.sigmas, prob.schedule).x0
-        jv = (x0b - x0a) / h
+        jv, v = _sampler_jvp(wl, prob, seed=7 + s)
         d = {f"cos_{m}_vs_exact": _cos(g, ex) for m, g in grads.items() if m != "exact"}
         d.update(norm_ratio_greedy_vs_exact=float(grads["greedy"].norm() / ex.norm()),
                  cos_Jv_v=_cos(jv, v), norm_Jv_over_v=float(jv.norm() / v.norm()), start_loss=loss0)
