@@ -55,6 +55,8 @@ def main(argv):
             env["AG_REQUIRE_ALL_LAYERS"] = "1"
         # the layers in this order, the browser last (tests/browser/conftest.py says why)
         argv = [*argv, *(f"tests/{layer}" for layer in ("core", "inprocess", "server", "browser"))]
+        # the slowest tests in CI's log: the whole run has to stay within its time budget
+        argv = ["--durations=25", *argv]
     cmd = [str(setup_host.PY), "-m", "pytest", "-c", "tests/pytest.ini", "--rootdir", "tests",
            "-p", "no:cacheprovider", "-rfE", *argv]
     rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
