@@ -140,10 +140,6 @@ def test_one_keyframe_schedule_draws_its_captions_colours(server, judge, caption
     assert not missed, f"{caption!r}: pictures showing it per head {missed} of 4; judged {reads}"
 
 
-# The committed demo model draws shapes as blobs (generated shape accuracy 22.5 %, chance 25 %;
-# tests/inprocess/test_demo_quality.py). Strict: it fails the day a retrained model draws both
-# captions' shapes, and the mark comes off with it (issue 14 stays open until then).
-@pytest.mark.xfail(strict=True, reason="demo model under-trained: shapes are blobs (issue 14 open)")
 def test_one_keyframe_schedule_draws_its_captions_shapes(server, judge):
     for caption in (A, B):
         reads = one_keyframe_reads(server, judge, caption)
