@@ -57,8 +57,10 @@ def main(argv):
         argv = [*argv, *(f"tests/{layer}" for layer in ("core", "inprocess", "server", "browser"))]
         # the slowest tests in CI's log: the whole run has to stay within its time budget
         argv = ["--durations=25", *argv]
+    # -rfEs: failures, errors and every skip with its reason, so a test skipped on one host
+    # says why in CI's log
     cmd = [str(setup_host.PY), "-m", "pytest", "-c", "tests/pytest.ini", "--rootdir", "tests",
-           "-p", "no:cacheprovider", "-rfE", *argv]
+           "-p", "no:cacheprovider", "-rfEs", *argv]
     rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
     if rc == NO_TESTS_COLLECTED:
         print("FAIL: pytest collected no tests", file=sys.stderr)
