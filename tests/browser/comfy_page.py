@@ -361,9 +361,19 @@ class ComfyPage:
     # template browser
     def open_template(self, stem: str):
         """The workflow template browser, our pack's section, the card of `stem`."""
-        self.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         dialog = self.page.get_by_role("dialog").filter(has=self.page.get_by_test_id("template-workflows-content"))
-        dialog.first.wait_for(state="visible")
+        # Loading a template closes its dialog at once, but the dialog's hide animation ends
+        # later in onAfterHide, which closes by key: a browser opened in between gets closed
+        # by it (frontend 1.49 dialogStore; seen once in CI on a loaded 2-core machine, right
+        # after the previous template had loaded). A user clicks again; so do we.
+        for attempt in range(3):
+            self.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+            try:
+                dialog.first.wait_for(state="visible", timeout=10000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 2:
+                    raise
         section = dialog.first.locator("nav").get_by_role("button").filter(
             has_text=re.compile(r"^\s*adjoint[ _]guidance\s*$", re.I))
         section.first.click(timeout=60000)   # the section appears once the pack's list is in
