@@ -83,14 +83,39 @@ def text_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def on_gpu(rows: list[dict]) -> bool:
+    """Whether every row was timed on a GPU. Published tables quote absolute times only
+    from a GPU; CPU rows are quoted as ratios measured side by side in the same run, and
+    their seconds stay in the JSON and the console table."""
+    return bool(rows) and all(str(r.get("device", "cpu")).startswith("cuda") for r in rows)
+
+
+def _without_time(header: list, cells: list, time_cols: list, ratio_col, r: dict) -> tuple[list, list]:
+    """Drop the absolute-time columns; the repetition count moves onto the ratio column
+    (ratio_col None: left to the prose)."""
+    if ratio_col is not None and r.get("reps", 5) < 5 and not r.get("failed"):
+        cells = list(cells)
+        cells[ratio_col] += f" ({r['reps']}×)"
+    keep = [i for i in range(len(header)) if i not in time_cols]
+    return [header[i] for i in keep], [cells[i] for i in keep]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    """The method table as Markdown: seconds only when measured on a GPU (see on_gpu)."""
+    gpu = on_gpu(rows)
+    time_col, ratio_col = HEADER.index("time s"), HEADER.index("×floor")
+    lines = []
     for r in rows:
-        c = _cells(r)
+        header, c = HEADER, _cells(r)
+        if not gpu:
+            if r.get("failed"):
+                c[ratio_col] = c[time_col]
+            header, c = _without_time(HEADER, c, [time_col], ratio_col, r)
         if r["method"] == "exact":
             c[0] = "**exact**"
         lines.append("| " + " | ".join(c) + " |")
-    return "\n".join(lines)
+    header = HEADER if gpu else [h for h in HEADER if h != "time s"]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines)
 
 
 # ----- targets ---------------------------------------------------------------------------------
@@ -395,7 +420,8 @@ def budget_rows(results: list[dict]) -> list[dict]:
         for n in sorted({r["N"] for r in res["rows"]}):
             peak0 = by[("exact budget 0", n)]["peak_mb"]
             for m in BUDGET_ORDER:
-                r = {**by[(m, n)], "workload": res["workload"]["name"], "fastest_cpu_s": min(by[(m, n)]["cpu_s"])}
+                r = {**by[(m, n)], "workload": res["workload"]["name"], "device": res["workload"]["device"],
+                     "fastest_cpu_s": min(by[(m, n)]["cpu_s"])}
                 for key, unit in (("x_floor", "floor"), ("x_naive", "naive autograd"), ("x_plain", "plain pass")):
                     r[key] = r["fastest_cpu_s"] / min(by[(unit, n)]["cpu_s"])
                     r[key + "_median"] = r["median_cpu_s"] / by[(unit, n)]["median_cpu_s"]
@@ -429,13 +455,24 @@ def budget_text_table(rows: list[dict]) -> str:
 
 
 def budget_markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(BUDGET_HEADER) + " |", "|" + "---|" * len(BUDGET_HEADER)]
+    """The budget table as Markdown: CPU seconds left out off a GPU (see on_gpu); the
+    ratios of the median calls come beside those of the fastest."""
+    gpu = on_gpu(rows)
+    time_cols = [BUDGET_HEADER.index("CPU s"), BUDGET_HEADER.index("median CPU s")]
+    header = BUDGET_HEADER
+    lines = []
     for r in rows:
         c = _budget_cells(r)
+        if not gpu:
+            for key, col in (("x_floor", "×floor"), ("x_naive", "×naive"), ("x_plain", "×plain pass")):
+                i = BUDGET_HEADER.index(col)
+                c[i] = f"{c[i]} ({_fmt_num(r.get(key + '_median'), '.2f')})"
+            header, c = _without_time(BUDGET_HEADER, c, time_cols, None, r)
+            header = [h + " fastest (median)" if h.startswith("×") else h for h in header]
         if r["method"].startswith("exact"):
             c[0] = f"**{c[0]}**"
         lines.append("| " + " | ".join(c) + " |")
-    return "\n".join(lines)
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines)
 
 
 def budget_targets(results: list[dict]) -> dict:
@@ -595,7 +632,12 @@ def demo_summary(res: dict, levels=(0.75, 0.5, 0.25), fractions=(0.25, 0.5, 1.0)
         out["methods"][m] = row
     if "exact" in out["methods"]:
         ex = out["methods"]["exact"]
+        # the machine-independent clock: one exact iteration's time on the same machine, same run
+        out["exact_iteration_s"] = unit = ex["s_per_iteration"]
+        out["time_points_exact_iterations"] = [t / unit for t in points]
         for m, row in out["methods"].items():
+            row["s_per_iteration_vs_exact"] = row["s_per_iteration"] / unit
+            row["time_to_exact_iterations"] = {lv: t / unit for lv, t in row["time_to"].items()}
             for lv in levels:
                 a, b = row["time_to"][str(lv)], ex["time_to"][str(lv)]
                 # the ratio of the median times; NaN unless both reach the level in the median seed
@@ -626,21 +668,28 @@ def _fmt_ratio(v: float) -> str:
 
 
 def demo_markdown(res: dict, summ: dict) -> str:
-    """The median table of the demo-guidance job, Markdown."""
-    pts = summ["time_points_s"]
+    """The median table of the demo-guidance job, Markdown. Times in seconds on a GPU; off
+    one (see on_gpu), in units of one exact iteration's time measured in the same run."""
+    gpu = str(res.get("workload", {}).get("device", "cpu")).startswith("cuda") or "exact_iteration_s" not in summ
     n_seeds = len(res["seeds"])
-    head = (["method", f"{summ['clock_name']} s / iteration", "peak MB", "fwd / fwd+grad / VJP per run", "cos with exact at x_T"]
-            + [f"L/L₀ at {t:g} s" for t in pts] + [f"best of {res['iterations']} it. + final"]
-            + [f"time to {lv:g}·L₀ s (seeds)" for lv in summ["levels"]]
+    if gpu:
+        pts, unit, per_it = summ["time_points_s"], "s", f"{summ['clock_name']} s / iteration"
+    else:
+        pts, unit, per_it = summ["time_points_exact_iterations"], "exact it.", "time / iteration × exact"
+    head = (["method", per_it, "peak MB", "fwd / fwd+grad / VJP per run", "cos with exact at x_T"]
+            + [f"L/L₀ at {t:g} {unit}" if gpu else f"L/L₀ at {t:.1f} {unit}" for t in pts] + [f"best of {res['iterations']} it. + final"]
+            + [f"time to {lv:g}·L₀, {unit} (seeds)" for lv in summ["levels"]]
             + [f"× exact ({lv:g}·L₀)" for lv in summ["levels"]])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in summ["methods"].items():
         c = r["net_counts_per_run"]
-        cells = [f"**{m}**" if m == "exact" else m, f"{r['s_per_iteration']:.2f}", f"{r['peak_mb']:.1f}",
+        cells = [f"**{m}**" if m == "exact" else m,
+                 f"{r['s_per_iteration']:.2f}" if gpu else f"{r['s_per_iteration_vs_exact']:.2f}", f"{r['peak_mb']:.1f}",
                  f"{c['forwards']} / {c['forwards_with_grad']} / {c['vjps']}",
                  "1" if m == "exact" else (f"{r['cos_vs_exact']:.2f}" if r.get("cos_vs_exact") is not None else "—")]
         cells += [f"{v:.3f}" for v in r["rel_at"]] + [f"{r['best_rel']:.3f}"]
-        cells += [f"{_fmt_t(r['time_to'][str(lv)])} ({r['reached'][str(lv)]}/{n_seeds})" for lv in summ["levels"]]
+        times = r["time_to"] if gpu else r["time_to_exact_iterations"]
+        cells += [f"{_fmt_t(times[str(lv)])} ({r['reached'][str(lv)]}/{n_seeds})" for lv in summ["levels"]]
         cells += [_fmt_ratio(r["ratio_vs_exact"][str(lv)]) for lv in summ["levels"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -672,7 +721,9 @@ def demo_text(res: dict, summ: dict) -> str:
         others = [f"{m} " + (f"{o['time_to'][str(lv)]:.1f} s" if math.isfinite(o['time_to'][str(lv)]) else
                              f"not reached ({o['reached'][str(lv)]}/{len(res['seeds'])} seeds)")
                   for m, o in ms.items() if m != first]
-        out.append(f"  {lv:g}·L₀ first: {first} in {r['time_to'][str(lv)]:.1f} s (median; {r['reached'][str(lv)]}/"
+        in_units = (f" = {r['time_to_exact_iterations'][str(lv)]:.1f} exact iterations"
+                    if "time_to_exact_iterations" in r else "")
+        out.append(f"  {lv:g}·L₀ first: {first} in {r['time_to'][str(lv)]:.1f} s{in_units} (median; {r['reached'][str(lv)]}/"
                    f"{len(res['seeds'])} seeds reach it) at {r['peak_mb']:.1f} MB peak; " + ", ".join(others)
                    + (f"; time vs exact (ratio of the medians): " + ", ".join(
                        f"{m} {_fmt_ratio(o['ratio_vs_exact'][str(lv)])}" for m, o in ms.items() if m != "exact")

@@ -57,5 +57,12 @@ def test_demo_summary():
     assert gr["peak_mb"] == 13.0 and gr["cos_vs_exact"] == pytest.approx(0.3)
     assert s["first_to"]["0.5"] == "exact"
     assert s["jacobian"]["cos_Jv_v"] == pytest.approx(0.6)
+    # off a GPU the times are in exact iterations (exact: 2 s each): greedy's 0.75·L₀ at 2 s is 1
+    assert s["exact_iteration_s"] == 2.0 and s["time_points_exact_iterations"] == [1.0, 1.5]
+    assert gr["s_per_iteration_vs_exact"] == 0.5 and gr["time_to_exact_iterations"]["0.75"] == 1.0
+    assert ex["time_to_exact_iterations"]["0.5"] == 2.0
     table = report.demo_markdown({**res, "lr": 0.05, "N": 20}, s)
     assert "| **exact** |" in table and "not reached (1/2)" in table
+    assert "L/L₀ at 1.5 exact it." in table and "| greedy | 0.50 |" in table and " s / iteration" not in table
+    gpu_table = report.demo_markdown({**res, "lr": 0.05, "N": 20, "workload": {"device": "cuda:0"}}, s)
+    assert "L/L₀ at 3 s" in gpu_table and "| greedy | 1.00 |" in gpu_table
