@@ -95,6 +95,21 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = 1
 
 
+def pytest_unconfigure(config):
+    """Free the in-process ComfyUI models while their modules still stand: a ModelPatcher
+    left for interpreter teardown runs its __del__ after comfy's module globals are gone and
+    prints an AttributeError (ComfyUI 0.33: CallbacksMP is None) for each one."""
+    import gc
+    tests = str(Path(__file__).resolve().parent)
+    for module in list(sys.modules.values()):
+        if not str(getattr(module, "__file__", None) or "").startswith(tests):
+            continue
+        for value in list(vars(module).values()):
+            if callable(getattr(value, "cache_clear", None)):   # functools caches of models
+                value.cache_clear()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def comfy_version():
     """The test host's ComfyUI version as a tuple, e.g. (0, 3, 75) or (0, 33, 0)."""
