@@ -90,32 +90,28 @@ def on_gpu(rows: list[dict]) -> bool:
     return bool(rows) and all(str(r.get("device", "cpu")).startswith("cuda") for r in rows)
 
 
-def _without_time(header: list, cells: list, time_cols: list, ratio_col, r: dict) -> tuple[list, list]:
-    """Drop the absolute-time columns; the repetition count moves onto the ratio column
-    (ratio_col None: left to the prose)."""
-    if ratio_col is not None and r.get("reps", 5) < 5 and not r.get("failed"):
-        cells = list(cells)
-        cells[ratio_col] += f" ({r['reps']}×)"
-    keep = [i for i in range(len(header)) if i not in time_cols]
-    return [header[i] for i in keep], [cells[i] for i in keep]
+def _drop_columns(cells: list, columns: list) -> list:
+    return [c for i, c in enumerate(cells) if i not in columns]
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The method table as Markdown: seconds only when measured on a GPU (see on_gpu)."""
     gpu = on_gpu(rows)
     time_col, ratio_col = HEADER.index("time s"), HEADER.index("×floor")
-    lines = []
+    header = HEADER if gpu else _drop_columns(HEADER, [time_col])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        header, c = HEADER, _cells(r)
-        if not gpu:
+        c = _cells(r)
+        if not gpu:   # what the time cell said besides seconds moves onto the ratio
             if r.get("failed"):
                 c[ratio_col] = c[time_col]
-            header, c = _without_time(HEADER, c, [time_col], ratio_col, r)
+            elif r.get("reps", 5) < 5:
+                c[ratio_col] += f" ({r['reps']}×)"
+            c = _drop_columns(c, [time_col])
         if r["method"] == "exact":
             c[0] = "**exact**"
         lines.append("| " + " | ".join(c) + " |")
-    header = HEADER if gpu else [h for h in HEADER if h != "time s"]
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines)
+    return "\n".join(lines)
 
 
 # ----- targets ---------------------------------------------------------------------------------
@@ -459,20 +455,20 @@ def budget_markdown_table(rows: list[dict]) -> str:
     ratios of the median calls come beside those of the fastest."""
     gpu = on_gpu(rows)
     time_cols = [BUDGET_HEADER.index("CPU s"), BUDGET_HEADER.index("median CPU s")]
-    header = BUDGET_HEADER
-    lines = []
+    header = BUDGET_HEADER if gpu else [h + " fastest (median)" if h.startswith("×") else h
+                                        for h in _drop_columns(BUDGET_HEADER, time_cols)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         c = _budget_cells(r)
         if not gpu:
             for key, col in (("x_floor", "×floor"), ("x_naive", "×naive"), ("x_plain", "×plain pass")):
                 i = BUDGET_HEADER.index(col)
                 c[i] = f"{c[i]} ({_fmt_num(r.get(key + '_median'), '.2f')})"
-            header, c = _without_time(BUDGET_HEADER, c, time_cols, None, r)
-            header = [h + " fastest (median)" if h.startswith("×") else h for h in header]
+            c = _drop_columns(c, time_cols)
         if r["method"].startswith("exact"):
             c[0] = f"**{c[0]}**"
         lines.append("| " + " | ".join(c) + " |")
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines)
+    return "\n".join(lines)
 
 
 def budget_targets(results: list[dict]) -> dict:
@@ -670,7 +666,7 @@ def _fmt_ratio(v: float) -> str:
 def demo_markdown(res: dict, summ: dict) -> str:
     """The median table of the demo-guidance job, Markdown. Times in seconds on a GPU; off
     one (see on_gpu), in units of one exact iteration's time measured in the same run."""
-    gpu = str(res.get("workload", {}).get("device", "cpu")).startswith("cuda") or "exact_iteration_s" not in summ
+    gpu = on_gpu([res.get("workload", {})]) or "exact_iteration_s" not in summ   # no exact run: no unit
     n_seeds = len(res["seeds"])
     if gpu:
         pts, unit, per_it = summ["time_points_s"], "s", f"{summ['clock_name']} s / iteration"

@@ -17,6 +17,7 @@ and calls pytest.skip with its reason.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -99,7 +100,6 @@ def pytest_unconfigure(config):
     """Free the in-process ComfyUI models while their modules still stand: a ModelPatcher
     left for interpreter teardown runs its __del__ after comfy's module globals are gone and
     prints an AttributeError (ComfyUI 0.33: CallbacksMP is None) for each one."""
-    import gc
     tests = str(Path(__file__).resolve().parent)
     for module in list(sys.modules.values()):
         if not str(getattr(module, "__file__", None) or "").startswith(tests):
